@@ -1,0 +1,80 @@
+"""Base config: the paper's meta-learning setup (Zakharov et al. 2019, v2) at 256x256.
+
+Run: fewshot-jax train --config experiments/base.py --workdir runs/base
+
+Variants import ``get_config`` from here and override a few fields; the saved run config
+(``<workdir>/config.json``) holds every field, so a run can always be rebuilt from it.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.image_size = 256
+  c.model.embed_dim = 512  # N: E's and D's last width
+  c.model.e_channels = (64, 128, 256, 512, 512, 512)  # 256 -> 4x4, also D's stack
+  c.model.e_attn_res = (32,)  # self-attention after the block that reaches 32x32
+  c.model.g_down_channels = (64, 128, 256, 512)  # 256 -> 16x16, instance norm
+  c.model.g_res_blocks = 5  # residual AdaIN blocks at the bottleneck
+  c.model.g_up_channels = (256, 128, 64, 32)  # 16 -> 256, AdaIN
+  c.model.g_attn_down_res = (32,)
+  c.model.g_attn_up_res = (64,)
+  c.model.d_channels = (64, 128, 256, 512, 512, 512)  # D's stack: E's layout, its own weights
+  c.model.d_attn_res = (32,)
+  c.model.d_extra_block = True  # one more residual block at 4x4
+  c.model.landmark_thickness = 0.0  # 0: about 2 px at 256, scaled with the image
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"
+  c.data.num_train_videos = 4096
+  c.data.num_eval_videos = 16
+  c.data.frames_per_video = 32
+  c.data.seed = 0
+  c.data.workers = 2
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.vgg19_weight = 1.5e-1
+  c.loss.vggface_weight = 2.5e-2
+  c.loss.vgg19_path = ""  # safetensors from `fewshot-jax convert-weights --kind vgg19`
+  c.loss.vggface_path = ""  # safetensors from `fewshot-jax convert-weights --kind vggface`
+  c.loss.pixel_weight = 1.0  # used only when no perceptual weights are configured
+  c.loss.adv_weight = 1.0
+  c.loss.fm_weight = 10.0
+  c.loss.match_weight = 10.0  # the FF variant sets 0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.variant = "ft"  # "ft": with embedding match; "ff": without (feed-forward model)
+  c.train.steps = 500_000
+  c.train.batch_size = 48
+  c.train.k_shots = 8
+  c.train.lr_g = 5e-5  # E, G (and P)
+  c.train.lr_d = 2e-4
+  c.train.b1 = 0.0
+  c.train.b2 = 0.999
+  c.train.d_steps = 2  # D updates per G update
+  c.train.ema_decay = 0.999
+  c.train.flip_prob = 0.5  # mirror whole episodes (on device, RNG folded in per step)
+  c.train.log_every = 50
+  c.train.checkpoint_every = 2000
+  c.train.keep_checkpoints = 3
+  c.train.sample_every = 2000
+  c.train.mesh_shape = (-1,)  # devices along 'data'
+  c.train.mesh_axes = ("data",)
+
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.steps = 200
+  c.finetune.lr_g = 5e-5
+  c.finetune.lr_d = 2e-4
+  c.finetune.d_steps = 1
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.shots = (1, 8)
+  c.eval.targets_per_video = 16
+  return c

@@ -1,0 +1,14 @@
+"""The paper's architecture and optimisation at 256x256, K = 8, N = 512, v2 loss weights.
+
+Run: fewshot-jax train --config experiments/paper_256.py --workdir gs://BUCKET/runs/paper_256
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments import base
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return base.get_config(arg)

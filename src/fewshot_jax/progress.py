@@ -1,0 +1,71 @@
+"""A one-line progress display with rate and ETA, for any long loop (data generation, training)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+def format_seconds(seconds: float) -> str:
+  seconds = max(0, int(round(seconds)))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+class Progress:
+  """Prints ``label done/total rate unit/s ETA m:ss extra`` on one updating line.
+
+  The rate is measured from the first ``update`` after ``start`` (so compile time or a resumed
+  offset does not distort it). When the stream is not a terminal, lines are printed at most every
+  ``min_interval`` seconds instead of being redrawn.
+  """
+
+  def __init__(
+      self,
+      total: int,
+      label: str,
+      unit: str = "it",
+      start: int = 0,
+      stream: TextIO | None = None,
+      min_interval: float = 0.5,
+  ):
+    self.total, self.label, self.unit = total, label, unit
+    self.done = start
+    self._rate_origin: tuple[float, int] | None = None
+    self.stream = stream or sys.stderr
+    self.min_interval = min_interval
+    self._last_print = 0.0
+    self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+  @property
+  def rate(self) -> float:
+    if self._rate_origin is None:
+      return 0.0
+    t0, n0 = self._rate_origin
+    dt = time.perf_counter() - t0
+    return (self.done - n0) / dt if dt > 0 else 0.0
+
+  def update(self, n: int = 1, extra: str = "", force: bool = False) -> None:
+    now = time.perf_counter()
+    if self._rate_origin is None:
+      self._rate_origin = (now, self.done)
+    self.done += n
+    if not force and now - self._last_print < self.min_interval and self.done < self.total:
+      return
+    self._last_print = now
+    rate = self.rate
+    eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+    eta_s = format_seconds(eta) if eta == eta else "?"
+    line = (
+        f"{self.label} {self.done}/{self.total} {rate:.2f} {self.unit}/s ETA {eta_s}"
+        + (f" {extra}" if extra else "")
+    )
+    if self._tty:
+      self.stream.write("\r\033[K" + line)
+      if self.done >= self.total:
+        self.stream.write("\n")
+    else:
+      self.stream.write(line + "\n")
+    self.stream.flush()

@@ -1,0 +1,1 @@
+"""Meta-learning: train state, the jitted step, sharding, checkpoints and the loop."""
