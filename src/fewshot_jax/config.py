@@ -61,6 +61,8 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
 def _parse_value(raw: str, current: object, key: str) -> object:
   if isinstance(current, str):
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+      return raw[1:-1]
     return raw
   try:
     value = ast.literal_eval(raw)

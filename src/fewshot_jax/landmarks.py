@@ -149,7 +149,7 @@ MIRROR_PERMUTATION: np.ndarray = _mirror_permutation()
 
 def mirror(points: jax.Array, image_size: int) -> jax.Array:
   """Landmarks of the horizontally flipped image: x -> size - x, and left/right parts swapped."""
-  flipped = points[..., MIRROR_PERMUTATION, :]
+  flipped = jnp.asarray(points)[..., MIRROR_PERMUTATION, :]
   return flipped.at[..., 0].set(image_size - flipped[..., 0])
 
 

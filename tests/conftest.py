@@ -1,0 +1,49 @@
+"""Shared fixtures: a tiny model config that compiles in seconds, and synthetic episodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fewshot_jax import config as config_lib
+
+TINY_OVERRIDES = [
+    "model.image_size=32",
+    "model.embed_dim=32",
+    "model.e_channels=(8, 16, 32)",
+    "model.e_attn_res=(8,)",
+    "model.d_channels=(8, 16, 32)",
+    "model.d_attn_res=(8,)",
+    "model.g_down_channels=(8, 16)",
+    "model.g_res_blocks=1",
+    "model.g_up_channels=(16, 8)",
+    "model.g_attn_down_res=()",
+    "model.g_attn_up_res=(16,)",
+    "train.batch_size=4",
+    "train.k_shots=2",
+    "train.d_steps=2",
+    "train.log_every=1",
+    "train.sample_every=0",
+    "finetune.steps=3",
+    "data.frames_per_video=8",
+    "eval.targets_per_video=2",
+]
+
+
+def tiny_config(*extra: str):
+  cfg = config_lib.load_config("demo_64")
+  return config_lib.apply_overrides(cfg, TINY_OVERRIDES + list(extra))
+
+
+@pytest.fixture
+def tiny_cfg():
+  return tiny_config()
+
+
+def random_videos(num_videos: int, frames: int, size: int, seed: int = 0):
+  """Random frames with plausible face-sized landmark clouds; enough to exercise the step."""
+  rng = np.random.default_rng(seed)
+  f = rng.integers(0, 256, (num_videos, frames, size, size, 3), dtype=np.uint8)
+  centre = size / 2 + rng.normal(0, size / 16, (num_videos, frames, 1, 2))
+  p = centre + rng.normal(0, size / 6, (num_videos, frames, 68, 2))
+  return f, np.clip(p, 1, size - 1).astype(np.float32)

@@ -1,0 +1,103 @@
+"""The on-device rasteriser against a reference drawing made with PIL, and its conventions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from fewshot_jax import landmarks as lmk
+
+
+def _face_like_points(rng: np.random.Generator, size: int) -> np.ndarray:
+  """68 points laid out part by part like a face (jaw arc, brows, eyes, nose, mouth)."""
+  c, r = size / 2, size * 0.32
+  t = np.linspace(np.pi * 0.95, np.pi * 0.05, 17)
+  jaw = np.stack([c + r * np.cos(t), c + 0.1 * r + r * np.sin(t)], -1)
+  brow_r = np.stack([np.linspace(c - 0.8 * r, c - 0.15 * r, 5), np.full(5, c - 0.45 * r)], -1)
+  brow_l = brow_r * [-1, 1] + [2 * c, 0]
+  bridge = np.stack([np.full(4, c), np.linspace(c - 0.3 * r, c + 0.15 * r, 4)], -1)
+  nost = np.stack([np.linspace(c - 0.2 * r, c + 0.2 * r, 5), np.full(5, c + 0.25 * r)], -1)
+  a = np.linspace(0, 2 * np.pi, 7)[:-1]
+  eye_r = np.stack([c - 0.45 * r + 0.2 * r * np.cos(a), c - 0.25 * r + 0.08 * r * np.sin(a)], -1)
+  eye_l = eye_r + [0.9 * r, 0]
+  a12 = np.linspace(0, 2 * np.pi, 13)[:-1]
+  mouth_o = np.stack([c + 0.4 * r * np.cos(a12), c + 0.55 * r + 0.15 * r * np.sin(a12)], -1)
+  a8 = np.linspace(0, 2 * np.pi, 9)[:-1]
+  mouth_i = np.stack([c + 0.3 * r * np.cos(a8), c + 0.55 * r + 0.07 * r * np.sin(a8)], -1)
+  pts = np.concatenate([jaw, brow_r, brow_l, bridge, nost, eye_r, eye_l, mouth_o, mouth_i])
+  return (pts + rng.normal(0, size / 100, pts.shape)).astype(np.float32)
+
+
+def _pil_reference(points: np.ndarray, size: int, thickness: float, ss: int = 8) -> np.ndarray:
+  """Mask of the same polylines drawn by PIL at ``ss``x resolution, box-downsampled."""
+  img = Image.new("L", (size * ss, size * ss), 0)
+  draw = ImageDraw.Draw(img)
+  for part in lmk.FACE_PARTS:
+    for a, b in lmk.part_segments(part):
+      p, q = points[a] * ss, points[b] * ss
+      draw.line([tuple(p), tuple(q)], fill=255, width=max(1, round(thickness * ss)))
+      for end in (p, q):  # round joints, like a distance field
+        rad = thickness * ss / 2
+        draw.ellipse([end[0] - rad, end[1] - rad, end[0] + rad, end[1] + rad], fill=255)
+  small = img.resize((size, size), Image.Resampling.BOX)
+  return np.asarray(small, np.float32) / 255.0
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_matches_pil_reference_drawing(size):
+  rng = np.random.default_rng(size)
+  points = _face_like_points(rng, size)
+  thickness = lmk.default_thickness(size)
+  ours = np.asarray(lmk.rasterize(jnp.asarray(points), size)).max(-1) > 0.25
+  ref = _pil_reference(points, size, thickness) > 0.25
+  iou = (ours & ref).sum() / (ours | ref).sum()
+  assert iou >= 0.8, iou
+
+
+def test_anti_aliased_and_coloured_by_part():
+  size = 64
+  pts = _face_like_points(np.random.default_rng(0), size)
+  img = np.asarray(lmk.rasterize(jnp.asarray(pts), size))
+  assert img.min() >= 0 and img.max() <= 1
+  levels = np.unique(np.round(img.max(-1), 2))
+  assert ((levels > 0.05) & (levels < 0.95)).sum() >= 5  # soft edges, not a binary mask
+  # The pixel under the first jaw point carries the jaw colour; under an eye point, the eye's.
+  for name, idx in (("jaw", 8), ("right_eye", 36), ("outer_lips", 51)):
+    x, y = pts[idx]
+    colour = img[int(y), int(x)]
+    part = next(p for p in lmk.FACE_PARTS if p.name == name)
+    np.testing.assert_allclose(colour, part.colour, atol=0.35)
+  colours = {p.colour for p in lmk.FACE_PARTS}
+  assert len(colours) == len(lmk.FACE_PARTS)
+
+
+def test_batched_and_jitted_equals_single():
+  size = 32
+  rng = np.random.default_rng(3)
+  pts = np.stack([_face_like_points(rng, size) for _ in range(6)]).reshape(2, 3, 68, 2)
+  batched = jax.jit(lmk.rasterize, static_argnums=1)(jnp.asarray(pts), size)
+  assert batched.shape == (2, 3, size, size, 3)
+  single = lmk.rasterize(jnp.asarray(pts[1, 2]), size)
+  np.testing.assert_allclose(np.asarray(batched[1, 2]), np.asarray(single), atol=1e-6)
+
+
+def test_mirror_is_an_involution_and_swaps_sides():
+  size = 64
+  pts = _face_like_points(np.random.default_rng(1), size)
+  m = np.asarray(lmk.mirror(jnp.asarray(pts), size))
+  np.testing.assert_allclose(np.asarray(lmk.mirror(jnp.asarray(m), size)), pts, atol=1e-5)
+  # The subject's right eye (image left) becomes the right eye again after the flip: still left.
+  assert m[36:42, 0].mean() < m[42:48, 0].mean()
+  np.testing.assert_allclose(m[36], [size - pts[45, 0], pts[45, 1]], atol=1e-5)
+  # Drawing the mirrored points equals flipping the drawing, up to colours of swapped parts.
+  a = np.asarray(lmk.rasterize(jnp.asarray(m), size)).max(-1)
+  b = np.asarray(lmk.rasterize(jnp.asarray(pts), size)).max(-1)[:, ::-1]
+  assert np.abs(a - b).mean() < 0.01
+
+
+def test_rejects_wrong_shape():
+  with pytest.raises(ValueError, match="68, 2"):
+    lmk.rasterize(jnp.zeros((5, 2)), 32)

@@ -1,0 +1,117 @@
+"""The meta-learning step: one trace, row-sparse table updates, FF vs FT, and learning."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import random_videos, tiny_config
+from fewshot_jax.content import build_content_loss
+from fewshot_jax.data.episodes import EpisodeSampler
+from fewshot_jax.train import sharding as sh
+from fewshot_jax.train import state as st
+from fewshot_jax.train import step as step_lib
+
+NUM_VIDEOS = 12
+
+
+def _setup(cfg):
+  graphdef, _ = st.abstract_model(cfg, NUM_VIDEOS)
+  init = functools.partial(st.init_train_state, cfg, NUM_VIDEOS)
+  mesh = sh.make_mesh(cfg)
+  shardings = sh.state_shardings(mesh, jax.eval_shape(init, jax.random.PRNGKey(0)))
+  state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
+  content = build_content_loss(cfg.loss)
+  traces = []
+
+  def counted(state, batch, params):
+    traces.append(1)
+    return step_lib.make_train_step(graphdef, cfg, content)(state, batch, params)
+
+  step = jax.jit(counted, donate_argnums=0)
+  frames, points = random_videos(NUM_VIDEOS, 8, cfg.model.image_size)
+  sampler = EpisodeSampler(frames, points, cfg.train.batch_size, cfg.train.k_shots, seed=0)
+  return state, step, content, sampler, traces
+
+
+@pytest.fixture(scope="module")
+def ft_setup():
+  return _setup(tiny_config())
+
+
+def test_traces_once_and_only_batch_rows_of_w_change(ft_setup):
+  state, step, content, sampler, traces = ft_setup
+  state = jax.tree.map(np.array, jax.device_get(state))  # host copy; the step donates its input
+  for i in range(3):
+    batch = sampler.batch(i)
+    before = jax.device_get(state)
+    state, metrics = step(state, batch, content.params)
+    after = jax.device_get(state)
+    rows = np.zeros(NUM_VIDEOS, bool)
+    rows[batch["video_index"]] = True
+    w0 = before.vars.w["discriminator"]["W"]
+    w1 = after.vars.w["discriminator"]["W"]
+    np.testing.assert_array_equal(w1[~rows], w0[~rows])  # bit-identical
+    assert (np.abs(w1[rows] - w0[rows]).max(axis=1) > 0).all()
+    np.testing.assert_array_equal(after.opt_w.mu[~rows], before.opt_w.mu[~rows])
+    assert int(after.step) == i + 1
+    assert all(np.isfinite(float(v)) for v in jax.device_get(metrics).values())
+    state = after
+  assert len(traces) == 1, f"the step was traced {len(traces)} times"
+
+
+def test_ff_variant_has_no_embedding_match():
+  """With the adversarial terms off, only the embedding match could carry W into E and G."""
+  cfg = tiny_config("train.variant=ff", "loss.adv_weight=0.0", "loss.fm_weight=0.0")
+  state, step, content, sampler, _ = _setup(cfg)
+  batch = sampler.batch(0)
+  host = jax.device_get(state)
+  table = host.vars.w["discriminator"]["W"]
+  shifted = host.replace(vars=host.vars.replace(w={"discriminator": {"W": table + 1.0}}))
+  a, ma = step(jax.tree.map(np.array, host), batch, content.params)
+  b, _ = step(shifted, batch, content.params)
+  for x, y in zip(jax.tree.leaves(jax.device_get(a.vars.g)), jax.tree.leaves(jax.device_get(b.vars.g))):
+    np.testing.assert_array_equal(x, y)
+  assert float(ma["g/match"]) > 0  # the term is measured, just not trained on
+  with pytest.raises(ValueError, match="train.variant"):
+    step_lib.make_train_step(None, tiny_config("train.variant=xx"), content)
+
+
+def test_content_loss_falls_on_a_repeated_batch(ft_setup):
+  state, step, content, sampler, _ = ft_setup
+  state = jax.tree.map(np.array, jax.device_get(state))
+  batch = sampler.batch(0)
+  losses = []
+  for _ in range(25):
+    state, m = step(state, batch, content.params)
+    losses.append(float(m["g/content"]))
+  assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_flip_augmentation_mirrors_frames_and_landmarks_together():
+  frames, points = random_videos(2, 3, 16)
+  batch = {"frames": frames[:, :2], "landmarks": points[:, :2], "target": frames[:, 2],
+           "target_landmarks": points[:, 2], "video_index": np.arange(2, dtype=np.int32)}
+  out = jax.device_get(step_lib.flip_episodes(batch, jax.random.PRNGKey(0), 1.0, 16))
+  np.testing.assert_array_equal(out["frames"], frames[:, :2, :, ::-1])
+  np.testing.assert_allclose(out["landmarks"][..., 36, 0], 16 - points[:, :2, 45, 0], atol=1e-5)
+  same = jax.device_get(step_lib.flip_episodes(batch, jax.random.PRNGKey(0), 0.0, 16))
+  np.testing.assert_array_equal(same["target"], frames[:, 2])
+
+
+def test_episode_targets_are_never_among_the_sources():
+  frames = np.arange(6 * 10, dtype=np.uint8).reshape(6, 10, 1, 1, 1).repeat(3, -1)
+  points = np.zeros((6, 10, 68, 2), np.float32)
+  sampler = EpisodeSampler(frames, points, batch_size=4, k_shots=9, seed=1)
+  for step in range(20):
+    b = sampler.batch(step)
+    assert len(set(b["video_index"])) == 4
+    src = b["frames"][..., 0, 0, 0]
+    tgt = b["target"][..., 0, 0, 0]
+    assert not (src == tgt[:, None]).any()
+    np.testing.assert_array_equal(sampler.batch(step)["frames"], b["frames"])  # pure in step
+  with pytest.raises(ValueError, match="k_shots"):
+    EpisodeSampler(frames, points, 2, 10, 0)
