@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import pathlib
+
+import jax
 import numpy as np
 import pytest
 
 from fewshot_jax import config as config_lib
+
+# Identical programs compiled by several tests (a resumed run, a re-built step) hit this disk cache
+# instead of compiling again; XLA:CPU compiles are the slow part of this suite.
+jax.config.update(
+    "jax_compilation_cache_dir", str(pathlib.Path(__file__).parents[1] / ".pytest_cache" / "xla")
+)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 TINY_OVERRIDES = [
     "model.image_size=32",

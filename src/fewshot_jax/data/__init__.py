@@ -1,0 +1,1 @@
+"""Training data: synthetic talking heads and episode sampling."""
