@@ -107,8 +107,8 @@ def run_demo(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   # reenactment.mp4/.gif: a held-out identity driven by a motion it was never shown.
   drive_frames, drive_points = synthetic.render_video(
       held_seeds.start, 3 * cfg.data.frames_per_video, size, motion_seed=DRIVER_MOTION_SEED)
-  fake = protocol.generate_with_finetuned(result.graphdef, v, result.config, r.ft_state, 0,
-                                          drive_points)
+  gen = protocol.make_generate(result.graphdef, result.config)
+  fake = protocol.generate_with_finetuned(gen, v, r.ft_state, 0, drive_points)
   lm_imgs = to_uint8(lmk.rasterize(drive_points, size) * 2 - 1)
   video = np.concatenate([lm_imgs, fake, drive_frames], axis=2)
   save_mp4(workdir / "reenactment.mp4", video, VIDEO_FPS, upscale=4)

@@ -29,15 +29,15 @@ class Progress:
       unit: str = "it",
       start: int = 0,
       stream: TextIO | None = None,
-      min_interval: float = 0.5,
+      min_interval: float | None = None,
   ):
     self.total, self.label, self.unit = total, label, unit
     self.done = start
     self._rate_origin: tuple[float, int] | None = None
     self.stream = stream or sys.stderr
-    self.min_interval = min_interval
-    self._last_print = 0.0
     self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+    self.min_interval = min_interval if min_interval is not None else (0.5 if self._tty else 10.0)
+    self._last_print = 0.0
 
   @property
   def rate(self) -> float:

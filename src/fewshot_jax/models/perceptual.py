@@ -1,0 +1,377 @@
+"""Frozen VGG19 and VGGFace feature extractors for the paper's content loss, plus weight I/O.
+
+The content loss (Zakharov et al. 2019, §3.2) is an L1 between activations of VGG19 (ImageNet) and
+VGGFace (a VGG16 trained on faces) at relu1_1 ... relu5_1. The weights cannot be downloaded on the
+machines we train on, so users convert their PyTorch checkpoints once, offline
+(``fewshot-jax convert-weights``, i.e. ``convert_checkpoint``), into safetensors files named in the
+config. Loading at train time then only reads safetensors: nothing is unpickled and torch is not
+needed.
+
+The weights are ``FrozenWeight`` variables, not ``nnx.Param``, so an optimiser built with
+``wrt=nnx.Param`` never sees them. A training step should pass them in as an argument and treat them
+as constants: wrap them in ``jax.lax.stop_gradient`` before merging the module (as
+``fewshot_jax.content`` does), so no gradient is ever computed for them.
+
+Layout is NHWC; convs are 3x3 SAME (torch's padding=1), pools 2x2 stride 2. The nets hold and run
+only the layers up to relu5_1, the last tap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors
+import safetensors.numpy
+from flax import nnx
+
+_WIDTHS = (64, 128, 256, 512, 512)
+_FORMAT = "fewshot_jax.perceptual"
+
+
+class FrozenWeight(nnx.Variable):
+  """A loaded, never-trained weight of a perceptual net (not an ``nnx.Param``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+  """What distinguishes the two nets: depth per stage and input preprocessing."""
+
+  stages: tuple[int, ...]  # convs per stage
+  scale: float  # [0, 1] images are multiplied by this before the mean is subtracted
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+
+_LAYOUTS = {
+    "vgg19": _Layout((2, 2, 4, 4, 4), 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "vggface": _Layout((2, 2, 3, 3, 3), 255.0, (129.186, 104.762, 93.594), (1.0, 1.0, 1.0)),
+}
+
+
+def _layout(kind: str) -> _Layout:
+  if kind not in _LAYOUTS:
+    raise ValueError(f"unknown perceptual net kind {kind!r}; expected one of {sorted(_LAYOUTS)}")
+  return _LAYOUTS[kind]
+
+
+def _all_convs(stages: tuple[int, ...]) -> list[tuple[str, int, int]]:
+  """``(name, in_channels, out_channels)`` of every conv of the full net, in order."""
+  convs, cin = [], 3
+  for s, (n, width) in enumerate(zip(stages, _WIDTHS)):
+    for i in range(n):
+      convs.append((f"conv{s + 1}_{i + 1}", cin, width))
+      cin = width
+  return convs
+
+
+def _used_convs(stages: tuple[int, ...]) -> list[tuple[str, int, int]]:
+  """The convs up to conv5_1, the last one a tap needs."""
+  convs = _all_convs(stages)
+  return convs[: [name for name, _, _ in convs].index("conv5_1") + 1]
+
+
+def expected_shapes(kind: str) -> dict[str, tuple[int, ...]]:
+  """Names and shapes of a converted file's tensors, e.g. ``{'conv1_1/kernel': (3, 3, 3, 64)}``.
+
+  Args:
+    kind: ``'vgg19'`` or ``'vggface'``.
+
+  Returns:
+    ``{name}/kernel`` (HWIO) and ``{name}/bias`` of every conv up to ``conv5_1``.
+  """
+  shapes = {}
+  for name, cin, cout in _used_convs(_layout(kind).stages):
+    shapes[f"{name}/kernel"] = (3, 3, cin, cout)
+    shapes[f"{name}/bias"] = (cout,)
+  return shapes
+
+
+class _FrozenConv(nnx.Module):
+  """A 3x3 SAME conv whose kernel (HWIO) and bias are ``FrozenWeight``s, zero until loaded."""
+
+  def __init__(self, cin: int, cout: int):
+    self.kernel = FrozenWeight(jnp.zeros((3, 3, cin, cout), jnp.float32))
+    self.bias = FrozenWeight(jnp.zeros((cout,), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jax.lax.conv_general_dilated(
+        x, self.kernel[...].astype(x.dtype), (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    return y + self.bias[...].astype(x.dtype)
+
+
+class VGGFeatures(nnx.Module):
+  """A VGG trunk returning the relu1_1 ... relu5_1 activations of an image batch.
+
+  Built with zero weights; fill them with ``set_weights`` (or build with ``load_features``).
+  """
+
+  def __init__(self, kind: str, *, dtype: Any = jnp.float32):
+    """Builds the layers of net ``kind`` up to conv5_1.
+
+    Args:
+      kind: ``'vgg19'`` or ``'vggface'``.
+      dtype: compute dtype; inputs and weights are cast to it.
+    """
+    convs = _used_convs(_layout(kind).stages)
+    self.kind = kind
+    self.dtype = dtype
+    self.layer_names = tuple(name for name, _, _ in convs)
+    for name, cin, cout in convs:
+      setattr(self, name, _FrozenConv(cin, cout))
+
+  def __call__(self, x: jax.Array) -> list[jax.Array]:
+    """Runs the net on images in the generator's range.
+
+    Args:
+      x: ``[N, H, W, 3]`` RGB images in [-1, 1]; H and W divisible by 16.
+
+    Returns:
+      The five activations ``[relu1_1, relu2_1, relu3_1, relu4_1, relu5_1]``, NHWC.
+    """
+    layout = _LAYOUTS[self.kind]
+    x = (x.astype(self.dtype) + 1.0) * (0.5 * layout.scale)
+    x = (x - jnp.asarray(layout.mean, self.dtype)) / jnp.asarray(layout.std, self.dtype)
+    taps = []
+    for name in self.layer_names:
+      is_tap = name.endswith("_1")
+      if is_tap and name != "conv1_1":
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+      x = jax.nn.relu(getattr(self, name)(x))
+      if is_tap:
+        taps.append(x)
+    return taps
+
+  def set_weights(self, flat: Mapping[str, Any]) -> None:
+    """Fills the weights from a flat dict as written by the converters.
+
+    Args:
+      flat: ``{'conv1_1/kernel': HWIO array, 'conv1_1/bias': ..., ...}``; exactly the names of
+        ``expected_shapes(self.kind)``.
+
+    Raises:
+      ValueError: naming every missing, unexpected or wrongly shaped tensor.
+    """
+    expected = expected_shapes(self.kind)
+    problems = _check({k: np.shape(v) for k, v in flat.items()}, expected)
+    if problems:
+      raise ValueError(f"{self.kind} weights do not match: " + "; ".join(problems))
+    for name in self.layer_names:
+      conv = getattr(self, name)
+      conv.kernel.set_value(jnp.asarray(flat[f"{name}/kernel"], jnp.float32))
+      conv.bias.set_value(jnp.asarray(flat[f"{name}/bias"], jnp.float32))
+
+
+class VGG19Features(VGGFeatures):
+  """torchvision's VGG19 (ImageNet): [-1, 1] -> [0, 1] -> ImageNet mean/std normalisation."""
+
+  def __init__(self, *, dtype: Any = jnp.float32):
+    super().__init__("vgg19", dtype=dtype)
+
+
+class VGGFaceFeatures(VGGFeatures):
+  """VGG-Face (VGG16, Parkhi et al. 2015), dag port: [-1, 1] -> [0, 255] RGB minus mean, no std."""
+
+  def __init__(self, *, dtype: Any = jnp.float32):
+    super().__init__("vggface", dtype=dtype)
+
+
+def build_features(kind: str, *, dtype: Any = jnp.float32) -> VGGFeatures:
+  """An unloaded (zero-weight) ``VGG19Features`` or ``VGGFaceFeatures``."""
+  _layout(kind)
+  return {"vgg19": VGG19Features, "vggface": VGGFaceFeatures}[kind](dtype=dtype)
+
+
+def _check(
+    shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]
+) -> list[str]:
+  """Human-readable mismatches between the tensors ``shapes`` and the ``expected`` ones."""
+  problems = []
+  for key, shape in expected.items():
+    if key not in shapes:
+      problems.append(f"missing key {key!r} (expected shape {tuple(shape)})")
+    elif tuple(shapes[key]) != tuple(shape):
+      problems.append(f"key {key!r} has shape {tuple(shapes[key])}, expected {tuple(shape)}")
+  problems += [f"unexpected key {key!r}" for key in shapes if key not in expected]
+  return problems
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+  """A torch tensor (any device, with or without grad) or array-like as a numpy array."""
+  return np.asarray(t.detach().cpu().numpy()) if hasattr(t, "numpy") else np.asarray(t)
+
+
+def _convert(
+    kind: str, state_dict: Mapping[str, Any], src_names: Mapping[str, str], ignored: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+  """Shared body of the converters: checks keys and shapes, transposes kernels OIHW -> HWIO.
+
+  ``src_names`` maps each conv of the full net to its key prefix in ``state_dict``; keys starting
+  with an ``ignored`` prefix (the classifier) are dropped unchecked.
+  """
+  used = [name for name, _, _ in _used_convs(_LAYOUTS[kind].stages)]
+  required, optional = {}, {}
+  for name, cin, cout in _all_convs(_LAYOUTS[kind].stages):
+    target = required if name in used else optional
+    target[f"{src_names[name]}.weight"] = (cout, cin, 3, 3)
+    target[f"{src_names[name]}.bias"] = (cout,)
+  arrays = {k: _to_numpy(v) for k, v in state_dict.items() if not k.startswith(ignored)}
+  # Convs past conv5_1 are dropped, but still shape-checked so a wrong net is caught.
+  optional = {k: v for k, v in optional.items() if k in arrays}
+  problems = _check({k: a.shape for k, a in arrays.items()}, {**required, **optional})
+  if problems:
+    raise ValueError(f"not a {kind} state dict: " + "; ".join(problems))
+  flat = {}
+  for name in used:
+    w, b = arrays[f"{src_names[name]}.weight"], arrays[f"{src_names[name]}.bias"]
+    flat[f"{name}/kernel"] = np.ascontiguousarray(w.transpose(2, 3, 1, 0), dtype=np.float32)
+    flat[f"{name}/bias"] = np.ascontiguousarray(b, dtype=np.float32)
+  return flat
+
+
+def convert_torchvision_vgg19(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Converts torchvision's ``vgg19`` state dict (``features.N.weight``, ...) to our names.
+
+  Args:
+    state_dict: torch tensors or numpy arrays; ``classifier.*`` keys are ignored, as are the
+      convs after conv5_1 (shape-checked if present).
+
+  Returns:
+    ``{'conv1_1/kernel': HWIO float32, 'conv1_1/bias': ..., ...}`` up to conv5_1; a ValueError
+    names each missing, unexpected or misshaped key (with the expected shape) instead.
+  """
+  names, index = {}, 0
+  for name, _, _ in _all_convs(_LAYOUTS["vgg19"].stages):
+    if name.endswith("_1") and name != "conv1_1":
+      index += 1  # the MaxPool2d before each stage
+    names[name] = f"features.{index}"
+    index += 2  # Conv2d, ReLU
+  return _convert("vgg19", state_dict, names, ("classifier.",))
+
+
+def convert_vgg_face_dag(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Converts the VGG-Face dag port's state dict (``conv1_1.weight``, ...) to our names.
+
+  Args:
+    state_dict: torch tensors or numpy arrays; ``fc6``/``fc7``/``fc8`` keys are ignored, as are
+      conv5_2 and conv5_3 (shape-checked if present).
+
+  Returns:
+    As ``convert_torchvision_vgg19``.
+  """
+  names = {name: name for name, _, _ in _all_convs(_LAYOUTS["vggface"].stages)}
+  return _convert("vggface", state_dict, names, ("fc6.", "fc7.", "fc8."))
+
+
+_CONVERTERS = {"vgg19": convert_torchvision_vgg19, "vggface": convert_vgg_face_dag}
+
+
+def save_weights(
+    path: str | os.PathLike, flat: Mapping[str, np.ndarray], kind: str | None = None
+) -> None:
+  """Writes ``flat`` as safetensors atomically: a temporary file in the same dir, then a rename.
+
+  Args:
+    path: destination file; its directory is created if needed.
+    flat: name -> array.
+    kind: if given, recorded in the header so ``load_features`` can catch a swapped file.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  metadata = {"format": _FORMAT, **({"kind": kind} if kind else {})}
+  data = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in flat.items()}, metadata)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """Tensors and header metadata of a safetensors file, with errors that name the file."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"perceptual weights file not found: {path}")
+  try:
+    with safetensors.safe_open(path, framework="numpy") as f:
+      return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+  except Exception as e:  # safetensors raises its own error types for corrupt headers
+    raise ValueError(f"cannot read {path} as safetensors: {e}") from e
+
+
+def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads a safetensors file into ``{name: numpy array}`` (errors name ``path``)."""
+  return _read(path)[0]
+
+
+def load_features(kind: str, path: str | os.PathLike, *, dtype: Any = jnp.float32) -> VGGFeatures:
+  """Builds the ``kind`` net and fills it from a file written by ``convert_checkpoint``.
+
+  Args:
+    kind: ``'vgg19'`` or ``'vggface'``.
+    path: the safetensors file.
+    dtype: compute dtype of the net.
+
+  Returns:
+    The loaded ``VGG19Features`` / ``VGGFaceFeatures``.
+
+  Raises:
+    FileNotFoundError: naming ``path`` if it does not exist.
+    ValueError: naming ``path`` if it was converted for the other net or its tensors do not match.
+  """
+  net = build_features(kind, dtype=dtype)
+  flat, metadata = _read(path)
+  if metadata.get("kind", kind) != kind:
+    raise ValueError(f"{os.fspath(path)} holds {metadata['kind']} weights, not {kind}")
+  try:
+    net.set_weights(flat)
+  except ValueError as e:
+    raise ValueError(f"{os.fspath(path)}: {e}") from e
+  return net
+
+
+def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+  """One-time, offline conversion of a PyTorch ``.pth`` state dict to our safetensors file.
+
+  This is the only place torch is used (imported here, lazily); the ``.pth`` is read with
+  ``weights_only=True``, so no arbitrary objects are unpickled.
+
+  Args:
+    kind: ``'vgg19'`` (torchvision ``vgg19`` state dict) or ``'vggface'`` (``vgg_face_dag.pth``).
+    src: the ``.pth`` file.
+    dst: the ``.safetensors`` file to write.
+
+  Raises:
+    FileNotFoundError: naming ``src`` if it does not exist.
+    ValueError: naming ``src`` if it is not a state dict of ``kind``.
+  """
+  _layout(kind)
+  if not os.path.isfile(src):
+    raise FileNotFoundError(f"checkpoint not found: {os.fspath(src)}")
+  import torch  # pylint: disable=g-import-not-at-top
+
+  state = torch.load(src, map_location="cpu", weights_only=True)
+  if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+    state = state["state_dict"]
+  if not isinstance(state, Mapping):
+    raise ValueError(f"{os.fspath(src)} does not hold a state dict (got {type(state).__name__})")
+  try:
+    flat = _CONVERTERS[kind](state)
+  except ValueError as e:
+    raise ValueError(f"{os.fspath(src)}: {e}") from e
+  save_weights(dst, flat, kind=kind)
