@@ -28,7 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.g_attn_up_res = (64,)
   c.model.d_channels = (64, 128, 256, 512, 512, 512)  # D's stack: E's layout, its own weights
   c.model.d_attn_res = (32,)
-  c.model.d_extra_block = True  # one more residual block at 4x4
+  c.model.d_extra_block = True
+  c.model.projection_sn = True  # spectral norm on P (ψ = P·ê)  # one more residual block at 4x4
   c.model.landmark_thickness = 0.0  # 0: about 2 px at 256, scaled with the image
 
   c.data = ml_collections.ConfigDict()

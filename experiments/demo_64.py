@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.g_up_channels = (32, 16, 16)
   m.g_attn_down_res = ()
   m.g_attn_up_res = (16,)
+  m.landmark_thickness = 2.0
 
   c.data.num_train_videos = 600
   c.data.num_eval_videos = 8
@@ -31,7 +32,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.loss.pixel_weight = 10.0
 
-  c.train.steps = 1500
+  c.train.steps = 500
   c.train.batch_size = 8
   c.train.k_shots = 4
   c.train.lr_g = 4e-4
@@ -43,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 500
   c.train.sample_every = 500
 
-  c.finetune.steps = 40
+  c.finetune.steps = 30
   c.finetune.lr_g = 2e-4
   c.finetune.lr_d = 2e-4
   return c

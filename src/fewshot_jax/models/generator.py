@@ -38,6 +38,7 @@ class Generator(nnx.Module):
       attn_down_res: Sequence[int],
       attn_up_res: Sequence[int],
       *,
+      projection_sn: bool = True,
       rngs: nnx.Rngs,
   ):
     if len(up_channels) != len(down_channels):
@@ -68,7 +69,7 @@ class Generator(nnx.Module):
         c for b in list(self.res_blocks) + list(self.ups) for c in b.adain_channels
     ) + (prev,)
     self.psi_dim = 2 * sum(self.adain_channels)
-    self.projection = SNDense(embed_dim, self.psi_dim, rngs=rngs)
+    self.projection = SNDense(embed_dim, self.psi_dim, spectral=projection_sn, rngs=rngs)
 
   def psi_from_embedding(self, embedding: jax.Array) -> jax.Array:
     """ψ = P·ê: ``[B, N] -> [B, psi_dim]``."""

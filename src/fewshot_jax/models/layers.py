@@ -105,17 +105,26 @@ class SNConv(_SpectralLayer):
 
 
 class SNDense(_SpectralLayer):
-  """A spectrally normalised dense layer."""
+  """A spectrally normalised dense layer (``spectral=False`` turns the normalisation off)."""
 
   def __init__(
-      self, in_features: int, out_features: int, *, use_bias: bool = True, rngs: nnx.Rngs
+      self,
+      in_features: int,
+      out_features: int,
+      *,
+      use_bias: bool = True,
+      spectral: bool = True,
+      rngs: nnx.Rngs,
   ):
     self.kernel = nnx.Param(_INIT(rngs.params(), (in_features, out_features), jnp.float32))
     self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
+    self.spectral = spectral
     self._init_u(out_features, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = x @ self._effective_kernel(self.kernel[...]).astype(x.dtype)
+    kernel = self.kernel[...]
+    w = self._effective_kernel(kernel) if self.spectral else kernel
+    y = x @ w.astype(x.dtype)
     if self.bias is not None:
       y = y + self.bias[...].astype(x.dtype)
     return y

@@ -32,6 +32,7 @@ class TalkingHeadModel(nnx.Module):
         cfg.g_up_channels,
         cfg.g_attn_down_res,
         cfg.g_attn_up_res,
+        projection_sn=cfg.projection_sn,
         rngs=rngs,
     )
     self.discriminator = Discriminator(
