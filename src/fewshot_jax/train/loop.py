@@ -59,23 +59,33 @@ def run_config(
   return out
 
 
-def _sample_grid(graphdef, state, batch, cfg, step_count: int = 4) -> np.ndarray:
-  """sources | landmarks | generated (EMA) | target, one row per episode."""
+def make_sample_fn(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
+  """Jitted ``(state, batch) -> FF reconstructions of the batch targets`` with the EMA weights."""
   from fewshot_jax.inference import finetune as inf  # pylint: disable=g-import-not-at-top
+
+  def sample(state: st.TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+    v = state.vars.replace(g=state.ema_g)
+    e_hat = inf.embed(graphdef, v, cfg.model, batch["frames"], batch["landmarks"])
+    psi = inf.feed_forward_psi(graphdef, v, e_hat)
+    return jax.vmap(lambda p, pts: inf.generate(graphdef, v, cfg.model, p, pts[None])[0])(
+        psi, batch["target_landmarks"])
+
+  return jax.jit(sample)
+
+
+def _sample_grid(sample_fn, state, batch, image_size: int, rows: int = 4) -> np.ndarray:
+  """sources | target landmarks | generated (EMA, feed-forward) | target, one row per episode."""
   from fewshot_jax import landmarks as lmk  # pylint: disable=g-import-not-at-top
   from fewshot_jax.visualize import grid  # pylint: disable=g-import-not-at-top
 
-  n = min(step_count, batch["target"].shape[0])
-  v = state.vars.replace(g=state.ema_g)
-  e_hat = inf.embed(graphdef, v, cfg.model, batch["frames"][:n], batch["landmarks"][:n])
-  psi = inf.feed_forward_psi(graphdef, v, e_hat)
-  rows = []
-  for i in range(n):
-    fake = inf.generate(graphdef, v, cfg.model, psi[i], batch["target_landmarks"][i : i + 1])
-    lm = lmk.rasterize(batch["target_landmarks"][i], cfg.model.image_size)
-    sources = [np.asarray(f) for f in batch["frames"][i][: min(4, batch["frames"].shape[1])]]
-    rows.append(sources + [to_uint8(lm * 2 - 1), to_uint8(fake[0]), np.asarray(batch["target"][i])])
-  return grid(rows)
+  fake = to_uint8(sample_fn(state, batch))
+  batch = jax.device_get(batch)
+  out = []
+  for i in range(min(rows, fake.shape[0])):
+    lm = to_uint8(lmk.rasterize(batch["target_landmarks"][i], image_size) * 2 - 1)
+    sources = list(batch["frames"][i][:4])
+    out.append(sources + [lm, fake[i], batch["target"][i]])
+  return grid(out)
 
 
 def train(
@@ -133,6 +143,7 @@ def train(
       donate_argnums=0,
   )
 
+  sample_fn = make_sample_fn(graphdef, cfg) if cfg.train.sample_every else None
   metric_log = MetricLog(workdir)
   total = cfg.train.steps
   progress = Progress(total, "train", "steps", start=start)
@@ -159,7 +170,7 @@ def train(
     if cfg.train.sample_every and done % cfg.train.sample_every == 0:
       from fewshot_jax.visualize import save_png  # pylint: disable=g-import-not-at-top
 
-      image = _sample_grid(graphdef, state, jax.device_get(batch), cfg)
+      image = _sample_grid(sample_fn, state, batch, cfg.model.image_size)
       save_png(sample_dir / f"step_{done:07d}.png", image)
       metric_log.image(done, "samples", image)
     if done % cfg.train.checkpoint_every == 0 and done < total:
