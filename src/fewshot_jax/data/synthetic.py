@@ -29,6 +29,10 @@ from PIL import Image, ImageDraw
 
 NUM_LANDMARKS = 68
 _SS = 2  # supersampling factor of the renderer
+# Template units -> fraction of the frame. 0.315 makes the landmarks' bounding box about 1/1.8 of
+# the frame (median over identities and poses), which is what the data-prep crop (the landmark box
+# enlarged 1.8x) gives real faces, so synthetic and real training frames are framed alike.
+_FACE_SCALE = 0.315
 _FOREHEAD = 11  # hidden forehead-arc points after the 68
 _HAIR_STYLES = ("short", "long", "bald", "fringe", "bob")
 
@@ -236,7 +240,7 @@ def _animate(ident: Identity, motion: Motion, image_size: int) -> np.ndarray:
   x, z = cy[:, None] * x + sy[:, None] * z, -sy[:, None] * x + cy[:, None] * z
   y, z = cp[:, None] * y - sp[:, None] * z, sp[:, None] * y + cp[:, None] * z
   x, y = cr[:, None] * x - sr[:, None] * y, sr[:, None] * x + cr[:, None] * y
-  px = 0.27 * image_size * motion.scale[:, None]
+  px = _FACE_SCALE * image_size * motion.scale[:, None]
   cx = image_size * (0.5 + motion.tx[:, None])
   cyy = image_size * (0.47 + motion.ty[:, None])
   return np.stack([cx + px * x, cyy + px * y], axis=-1)
@@ -284,12 +288,13 @@ def _draw_frame(ident: Identity, pts: np.ndarray, bg: Image.Image, yaw: float) -
   # The half of the face turned away from the light (the side the head turns from) is darker.
   dark = _shade(ident.skin, 0.85)
   if abs(yaw) > 0.08:
-    half = np.concatenate([jaw[8:] if yaw > 0 else jaw[:9], fore[::-1][1:6] if yaw > 0 else fore[::-1][5:-1]])
-    ref = pts[27:31]
-    side = ref[:, 0].mean()
-    cut = np.concatenate([half, ref[::-1] if yaw > 0 else ref])
-    d.polygon(_poly(cut), fill=dark)
-    del side
+    # chin -> up the jaw on the shaded side -> forehead towards the middle -> nose tip -> bridge;
+    # the two sides are mirror images of each other (``fore`` runs image-left to image-right).
+    if yaw > 0:
+      side = np.concatenate([jaw[8:], fore[::-1][1:6]])
+    else:
+      side = np.concatenate([jaw[8::-1], fore[1:6]])
+    d.polygon(_poly(np.concatenate([side, pts[30:26:-1]])), fill=dark)
   if ident.hair_style != "bald":
     drop = 0.45 if ident.hair_style == "fringe" else 0.2
     inner = fore + (centre - fore) * drop
@@ -325,6 +330,7 @@ def render_video(
     num_frames: int,
     image_size: int = 64,
     motion_seed: int | None = None,
+    frame_stride: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Renders one talking-head video.
 
@@ -333,13 +339,22 @@ def render_video(
     num_frames: T.
     image_size: output height and width.
     motion_seed: how they move; derived from ``identity_seed`` by default.
+    frame_stride: keep every ``frame_stride``-th frame of a ``T * frame_stride`` frame clip. The
+      data-prep recipe spreads a video's frames over all its utterances, so training frames of one
+      video differ in pose and expression; a stride > 1 gives synthetic videos the same spread.
+      Use 1 for a driving sequence that must play smoothly.
 
   Returns:
     ``frames`` uint8 ``[T, H, W, 3]`` and ``landmarks`` float32 ``[T, 68, 2]`` in the pixel units of
     the returned frames (pixel (i, j) has its centre at (j + 0.5, i + 0.5)).
   """
   ident = Identity.sample(identity_seed)
-  motion = sample_motion(identity_seed + 7919 if motion_seed is None else motion_seed, num_frames)
+  if frame_stride < 1:
+    raise ValueError(f"frame_stride={frame_stride}: expected >= 1")
+  motion_seed = identity_seed + 7919 if motion_seed is None else motion_seed
+  motion = sample_motion(motion_seed, num_frames * frame_stride)
+  motion = Motion(**{f.name: getattr(motion, f.name)[::frame_stride]
+                     for f in dataclasses.fields(Motion)})
   pts = _animate(ident, motion, image_size)
   big = image_size * _SS
   bg = _background(ident, big)
@@ -350,8 +365,9 @@ def render_video(
   return frames, pts[:, :NUM_LANDMARKS].astype(np.float32)
 
 
-def _render_job(args: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-  return render_video(*args)
+def _render_job(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+  seed, num_frames, image_size, stride = args
+  return render_video(seed, num_frames, image_size, frame_stride=stride)
 
 
 def make_dataset(
@@ -360,8 +376,9 @@ def make_dataset(
     image_size: int = 64,
     workers: int = 1,
     progress: bool = False,
+    frame_stride: int = 1,
 ) -> dict[str, np.ndarray]:
-  """Renders one video per identity seed.
+  """Renders one video per identity seed (``frame_stride`` as in ``render_video``).
 
   Returns:
     ``{'frames': uint8[V,T,H,W,3], 'landmarks': f32[V,T,68,2], 'identity': int64[V]}``.
@@ -370,7 +387,7 @@ def make_dataset(
   v = len(seeds)
   frames = np.empty((v, frames_per_video, image_size, image_size, 3), np.uint8)
   points = np.empty((v, frames_per_video, NUM_LANDMARKS, 2), np.float32)
-  jobs = [(s, frames_per_video, image_size) for s in seeds]
+  jobs = [(s, frames_per_video, image_size, frame_stride) for s in seeds]
   t0 = time.perf_counter()
 
   def report(i: int) -> None:
@@ -390,7 +407,7 @@ def make_dataset(
         report(i + 1)
   else:
     for i, job in enumerate(jobs):
-      frames[i], points[i] = render_video(*job)
+      frames[i], points[i] = _render_job(job)
       report(i + 1)
   return {"frames": frames, "landmarks": points, "identity": np.asarray(seeds, np.int64)}
 
