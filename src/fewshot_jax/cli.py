@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     raise SystemExit(f"data.source={cfg.data.source!r}: this build trains on 'synthetic' only")
   data = synthetic.make_dataset(
       list(range(cfg.data.num_train_videos)), cfg.data.frames_per_video, cfg.model.image_size,
-      workers=cfg.data.workers, progress=True)
+      workers=cfg.data.workers, progress=True, frame_stride=cfg.data.frame_stride)
   result = train(cfg, args.workdir, data["frames"], data["landmarks"])
   print(f"trained to step {int(result.state.step)}; checkpoints in {args.workdir}/checkpoints")
   return 0

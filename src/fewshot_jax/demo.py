@@ -36,14 +36,15 @@ VIDEO_FPS = 15
 
 def _dataset(cfg: ml_collections.ConfigDict, seeds: range, cache: pathlib.Path) -> dict[str, np.ndarray]:
   """Synthetic videos for ``seeds``, cached in ``cache`` (npz, no pickle) for re-runs."""
-  key = f"{seeds.start}-{seeds.stop}-{cfg.data.frames_per_video}-{cfg.model.image_size}"
+  key = (f"{seeds.start}-{seeds.stop}-{cfg.data.frames_per_video}-{cfg.model.image_size}-"
+         f"{cfg.data.frame_stride}-{synthetic.GENERATOR_VERSION}")
   if cache.exists():
     with np.load(cache, allow_pickle=False) as z:
       if str(z["key"]) == key:
         return {k: z[k] for k in ("frames", "landmarks", "identity")}
   data = synthetic.make_dataset(
       list(seeds), cfg.data.frames_per_video, cfg.model.image_size, workers=cfg.data.workers,
-      progress=True,
+      progress=True, frame_stride=cfg.data.frame_stride,
   )
   cache.parent.mkdir(parents=True, exist_ok=True)
   tmp = cache.with_name(cache.name + ".tmp.npz")

@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 NUM_LANDMARKS = 68
+# Bumped whenever the rendering of a given seed changes, so caches of rendered videos are rebuilt.
+GENERATOR_VERSION = 2
 _SS = 2  # supersampling factor of the renderer
 # Template units -> fraction of the frame. 0.315 makes the landmarks' bounding box about 1/1.8 of
 # the frame (median over identities and poses), which is what the data-prep crop (the landmark box
