@@ -25,7 +25,6 @@ import pathlib
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 import PIL
 
+from fewshot_jax.atomic_files import write_text
 from fewshot_jax.data import synthetic
 
 
@@ -132,21 +132,7 @@ def _jax_info() -> dict[str, Any]:
 
 
 def write_json_atomically(path: pathlib.Path, data: dict[str, Any]) -> None:
-  """Writes via a temporary file in the same directory and ``os.replace``.
-
-  Why: a reader (or a crash mid-write) never sees a truncated file, only the old or the new one.
-  """
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(data, f, indent=2)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.unlink(tmp)
-    raise
+  write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:

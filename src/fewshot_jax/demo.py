@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from fewshot_jax import landmarks as lmk
+from fewshot_jax.atomic_files import atomic_path, write_text
 from fewshot_jax.data import synthetic
 from fewshot_jax.evaluation import protocol
 from fewshot_jax.images import to_uint8
@@ -46,10 +47,8 @@ def _dataset(cfg: ml_collections.ConfigDict, seeds: range, cache: pathlib.Path) 
       list(seeds), cfg.data.frames_per_video, cfg.model.image_size, workers=cfg.data.workers,
       progress=True, frame_stride=cfg.data.frame_stride,
   )
-  cache.parent.mkdir(parents=True, exist_ok=True)
-  tmp = cache.with_name(cache.name + ".tmp.npz")
-  np.savez(tmp, key=np.asarray(key), **data)
-  os.replace(tmp, cache)
+  with atomic_path(cache) as tmp:
+    np.savez(tmp, key=np.asarray(key), **data)
   return data
 
 
@@ -125,9 +124,7 @@ def run_demo(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       "heldout_identities": list(held_seeds),
       "train_identities": cfg.data.num_train_videos,
   }
-  tmp = workdir / "metrics.json.tmp"
-  tmp.write_text(json.dumps(out, indent=2))
-  os.replace(tmp, workdir / "metrics.json")
+  write_text(workdir / "metrics.json", json.dumps(out, indent=2))
   print(format_table(out), file=sys.stderr)
   return out
 

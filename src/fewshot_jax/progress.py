@@ -17,8 +17,9 @@ def format_seconds(seconds: float) -> str:
 class Progress:
   """Prints ``label done/total rate unit/s ETA m:ss extra`` on one updating line.
 
-  The rate is measured from the first ``update`` after ``start`` (so compile time or a resumed
-  offset does not distort it). When the stream is not a terminal, lines are printed at most every
+  The rate is measured from the end of the first ``update`` after ``start``: the first item often
+  carries compilation, and a resumed offset is not work done now. Until a second update there is
+  no rate, and the line shows ``?``. When the stream is not a terminal, lines are printed at most every
   ``min_interval`` seconds instead of being redrawn.
   """
 
@@ -49,17 +50,17 @@ class Progress:
 
   def update(self, n: int = 1, extra: str = "", force: bool = False) -> None:
     now = time.perf_counter()
+    self.done += n
     if self._rate_origin is None:
       self._rate_origin = (now, self.done)
-    self.done += n
     if not force and now - self._last_print < self.min_interval and self.done < self.total:
       return
     self._last_print = now
     rate = self.rate
-    eta = (self.total - self.done) / rate if rate > 0 else float("nan")
-    eta_s = format_seconds(eta) if eta == eta else "?"
+    rate_s = f"{rate:.2f}" if rate > 0 else "?"
+    eta_s = format_seconds((self.total - self.done) / rate) if rate > 0 else "?"
     line = (
-        f"{self.label} {self.done}/{self.total} {rate:.2f} {self.unit}/s ETA {eta_s}"
+        f"{self.label} {self.done}/{self.total} {rate_s} {self.unit}/s ETA {eta_s}"
         + (f" {extra}" if extra else "")
     )
     if self._tty:

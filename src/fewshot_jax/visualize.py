@@ -1,18 +1,18 @@
 """Pictures of results: image grids (PNG) and videos (mp4 through PyAV, GIF through Pillow).
 
-Writes are atomic (a temporary file in the same folder, then a rename), so an interrupted run never
-leaves a truncated file under the final name.
+Writes are atomic (``fewshot_jax.atomic_files``), so an interrupted run never leaves a truncated
+file under the final name.
 """
 
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
+
+from fewshot_jax.atomic_files import atomic_path
 
 
 def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255) -> np.ndarray:
@@ -30,18 +30,9 @@ def grid(rows: Sequence[Sequence[np.ndarray]], pad: int = 2, fill: int = 255) ->
   return out
 
 
-def _atomic_target(path: pathlib.Path) -> str:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-  os.close(fd)
-  return tmp
-
-
 def save_png(path: str | pathlib.Path, image: np.ndarray) -> None:
-  path = pathlib.Path(path)
-  tmp = _atomic_target(path)
-  Image.fromarray(image).save(tmp, format="PNG")
-  os.replace(tmp, path)
+  with atomic_path(path) as tmp:
+    Image.fromarray(image).save(tmp, format="PNG")
 
 
 def save_mp4(
@@ -56,8 +47,7 @@ def save_mp4(
   t, h, w, _ = frames.shape
   if h % 2 or w % 2:  # yuv420p needs even sizes
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-  tmp = _atomic_target(path)
-  with av.open(tmp, mode="w", format="mp4") as container:
+  with atomic_path(path) as tmp, av.open(tmp, mode="w", format="mp4") as container:
     stream = container.add_stream("libx264", rate=round(fps))
     stream.width, stream.height = frames.shape[2], frames.shape[1]
     stream.pix_fmt = "yuv420p"
@@ -67,7 +57,6 @@ def save_mp4(
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)
-  os.replace(tmp, path)
 
 
 def save_gif(path: str | pathlib.Path, frames: np.ndarray, fps: float, upscale: int = 1) -> None:
@@ -75,11 +64,10 @@ def save_gif(path: str | pathlib.Path, frames: np.ndarray, fps: float, upscale: 
   if upscale > 1:
     frames = frames.repeat(upscale, axis=1).repeat(upscale, axis=2)
   images = [Image.fromarray(f) for f in frames]
-  tmp = _atomic_target(path)
-  images[0].save(
-      tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
-  )
-  os.replace(tmp, path)
+  with atomic_path(path) as tmp:
+    images[0].save(
+        tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
+    )
 
 
 def read_video(path: str | pathlib.Path) -> tuple[np.ndarray, float]:

@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from fewshot_jax import config as config_lib
+from fewshot_jax.atomic_files import atomic_path, write_text
 from fewshot_jax.models.talking_head import ModelVars
 
 
@@ -60,11 +61,8 @@ def save_tree(path: str | os.PathLike, tree: Any, metadata: dict[str, str] | Non
   """Writes a pytree's leaves to safetensors, keyed by their paths, atomically."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  save_file(_flatten(tree), str(tmp), metadata=metadata)
-  os.replace(tmp, path)
+  with atomic_path(path) as tmp:
+    save_file(_flatten(tree), tmp, metadata=metadata)
 
 
 def load_tree(path: str | os.PathLike, like: Any) -> Any:
@@ -90,6 +88,4 @@ def save_identity(directory: str | os.PathLike, fs: Any, info: dict[str, Any]) -
   """A fitted identity: ``identity.safetensors`` (ψ', G, D weights) and ``identity.json``."""
   directory = pathlib.Path(directory)
   save_tree(directory / "identity.safetensors", fs)
-  tmp = directory / ".identity.json.tmp"
-  tmp.write_text(json.dumps(info, indent=2))
-  os.replace(tmp, directory / "identity.json")
+  write_text(directory / "identity.json", json.dumps(info, indent=2))

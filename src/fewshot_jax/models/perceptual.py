@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +29,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 from flax import nnx
+
+from fewshot_jax.atomic_files import write_bytes
 
 _WIDTHS = (64, 128, 256, 512, 512)
 _FORMAT = "fewshot_jax.perceptual"
@@ -277,29 +278,16 @@ _CONVERTERS = {"vgg19": convert_torchvision_vgg19, "vggface": convert_vgg_face_d
 def save_weights(
     path: str | os.PathLike, flat: Mapping[str, np.ndarray], kind: str | None = None
 ) -> None:
-  """Writes ``flat`` as safetensors atomically: a temporary file in the same dir, then a rename.
+  """Writes ``flat`` as safetensors, atomically.
 
   Args:
     path: destination file; its directory is created if needed.
     flat: name -> array.
     kind: if given, recorded in the header so ``load_features`` can catch a swapped file.
   """
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   metadata = {"format": _FORMAT, **({"kind": kind} if kind else {})}
   data = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in flat.items()}, metadata)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  write_bytes(path, data)
 
 
 def _read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:

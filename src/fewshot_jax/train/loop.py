@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from fewshot_jax import config as config_lib
+from fewshot_jax.atomic_files import write_text
 from fewshot_jax.content import ContentLoss, build_content_loss
 from fewshot_jax.data.episodes import EpisodeSampler
 from fewshot_jax.images import to_uint8
@@ -118,7 +119,7 @@ def train(
   content = build_content_loss(cfg.loss)
   log.info("content loss: %s", content.description)
   saved_cfg = run_config(cfg, num_videos, content)
-  (workdir / "config.json").write_text(config_lib.to_json(saved_cfg))
+  write_text(workdir / "config.json", config_lib.to_json(saved_cfg))
   graphdef, _ = st.abstract_model(cfg, num_videos)
   init_fn = functools.partial(st.init_train_state, cfg, num_videos)
   rng = jax.random.PRNGKey(cfg.seed)

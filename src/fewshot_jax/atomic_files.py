@@ -1,0 +1,54 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never a partial one.
+
+Every artefact a user opens (PNGs, videos, weights, metrics) is written to a temporary file in the
+target's directory and renamed over the target. The temporary file gets the permissions a plain
+``open(path, "w")`` would have given (``0o666`` minus the umask), not ``mkstemp``'s private 0600.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterator
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+  """Yields a temporary path next to ``path``; on success it replaces ``path``, on error it is
+  removed and ``path`` is left as it was.
+
+  The temporary name keeps ``path``'s suffix, so writers that infer a format from it still work.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+  os.close(fd)
+  try:
+    yield tmp
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(tmp)
+    raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes ``data`` to ``path`` atomically, fsynced before the rename."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  write_bytes(path, text.encode("utf-8"))
