@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import TINY_OVERRIDES
 from fewshot_jax import cli
-from fewshot_jax.visualize import read_video
+from fewshot_jax.prep.video import read_video
 
 
 def test_demo_writes_every_output(tmp_path, monkeypatch):

@@ -69,13 +69,3 @@ def save_gif(path: str | pathlib.Path, frames: np.ndarray, fps: float, upscale: 
         tmp, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0
     )
 
-
-def read_video(path: str | pathlib.Path) -> tuple[np.ndarray, float]:
-  """Decodes a video into uint8 ``[T, H, W, 3]`` frames and its frame rate."""
-  import av  # pylint: disable=g-import-not-at-top
-
-  with av.open(str(path)) as container:
-    stream = container.streams.video[0]
-    fps = float(stream.average_rate) if stream.average_rate else 0.0
-    frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-  return np.stack(frames), fps
