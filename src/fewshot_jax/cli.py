@@ -141,6 +141,20 @@ def cmd_convert_weights(args: argparse.Namespace, overrides: Sequence[str]) -> i
   return 0
 
 
+def cmd_prepare_landmarks(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+  del overrides
+  from fewshot_jax.prep import landmark_cache, layouts  # pylint: disable=g-import-not-at-top
+
+  entries = layouts.list_videos(args.input, args.layout)
+  opts = landmark_cache.PrepOptions(
+      frames_per_video=args.frames_per_video, image_size=args.image_size, enlarge=args.enlarge,
+      jpeg_quality=args.jpeg_quality, min_face_size=args.min_face_size, backend=args.backend,
+      backend_options=(("upsample", args.upsample),))
+  summary = landmark_cache.build_cache(entries, args.cache, opts, workers=args.workers)
+  print(json.dumps(summary))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="fewshot-jax",
@@ -177,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--src", required=True, help=".pth state dict (read with weights_only=True)")
   p.add_argument("--dst", required=True, help="output .safetensors")
   p.set_defaults(func=cmd_convert_weights)
+
+  p = sub.add_parser("prepare", help="data prep from real videos")
+  stage = p.add_subparsers(dest="stage", required=True)
+  q = stage.add_parser("landmarks", help="videos -> a resumable cache of face crops + landmarks")
+  q.add_argument("--input", required=True, help="root folder of the videos")
+  q.add_argument("--layout", choices=("voxceleb2", "folder"), default="folder")
+  q.add_argument("--cache", required=True, help="output folder: <key>.npz per video")
+  q.add_argument("--backend", choices=("dlib",), default="dlib")
+  q.add_argument("--upsample", type=int, default=1, help="dlib: detector upsampling steps")
+  q.add_argument("--workers", type=int, default=1, help="processes")
+  q.add_argument("--frames-per-video", type=int, default=32)
+  q.add_argument("--image-size", type=int, default=256)
+  q.add_argument("--enlarge", type=float, default=1.8, help="crop side / landmark box side")
+  q.add_argument("--jpeg-quality", type=int, default=95)
+  q.add_argument("--min-face-size", type=float, default=40.0, help="pixels in the source video")
+  q.set_defaults(func=cmd_prepare_landmarks)
   return parser
 
 

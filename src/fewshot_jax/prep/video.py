@@ -57,3 +57,26 @@ def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
   for _, frame, fps in iter_frames(path):
     frames.append(frame)
   return np.stack(frames), fps
+
+
+def count_frames(path: str | os.PathLike) -> int:
+  """The number of video frames in ``path``, by demuxing packets (no decoding).
+
+  Raises:
+    VideoError: as ``iter_frames``.
+  """
+  import av  # pylint: disable=g-import-not-at-top
+
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise VideoError(f"{path}: no such file")
+  if os.path.getsize(path) == 0:
+    raise VideoError(f"{path}: empty file (0 bytes)")
+  try:
+    with av.open(path) as container:
+      if not container.streams.video:
+        raise VideoError(f"{path}: no video stream")
+      stream = container.streams.video[0]
+      return sum(1 for packet in container.demux(stream) if packet.size)
+  except (av.error.FFmpegError, UnicodeDecodeError) as e:
+    raise VideoError(f"{path}: not a readable video ({e})") from e

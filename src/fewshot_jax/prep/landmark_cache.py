@@ -1,0 +1,245 @@
+"""Stage (a) of data prep: videos -> one cache entry per video (crops + landmarks), in parallel.
+
+Landmark detection is the slow part of preparing a talking-head corpus, so this stage is built to be
+run once and resumed: each video becomes one ``<cache>/<key>.npz`` written atomically, re-running
+skips every video that already has an entry (or a recorded rejection), and bad videos are recorded
+in ``rejected.jsonl`` with the reason instead of stopping the run.
+
+An entry holds (numpy arrays only; loaded with ``allow_pickle=False``):
+  * ``jpeg`` uint8 ``[N]`` and ``offsets`` int64 ``[T + 1]``: T JPEG crops, back to back;
+  * ``landmarks`` float32 ``[T, 68, 2]`` in crop pixels;
+  * ``meta``: a JSON string: key, identity, clips, per-frame (clip, frame index), fps, detector name
+    and version, crop settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import multiprocessing
+import os
+import pathlib
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fewshot_jax.atomic_files import atomic_path
+from fewshot_jax.prep import backends as backends_lib
+from fewshot_jax.prep import crop as crop_lib
+from fewshot_jax.prep.layouts import VideoEntry
+from fewshot_jax.prep.video import VideoError, count_frames, iter_frames
+from fewshot_jax.progress import Progress
+
+REJECTED = "rejected.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepOptions:
+  """How each video is turned into an entry."""
+
+  frames_per_video: int = 32
+  image_size: int = 256
+  enlarge: float = 1.8
+  jpeg_quality: int = 95
+  min_face_size: float = 40.0  # pixels, in the source frame
+  candidates_per_frame: int = 2  # frames run through the detector per frame kept
+  backend: str = "dlib"
+  backend_options: tuple[tuple[str, Any], ...] = (("upsample", 1),)
+
+
+class Rejected(Exception):
+  """A video that cannot become an entry; the message is the reason recorded."""
+
+
+def entry_path(cache: pathlib.Path, key: str) -> pathlib.Path:
+  return cache / f"{key}.npz"
+
+
+def prepare_video(
+    entry: VideoEntry, backend: backends_lib.LandmarkBackend, opts: PrepOptions
+) -> dict[str, np.ndarray]:
+  """Detects, tracks, selects and crops one video. Raises ``Rejected`` with the reason."""
+  counts = []
+  for clip in entry.clips:
+    try:
+      counts.append(count_frames(clip))
+    except VideoError as e:
+      raise Rejected(str(e)) from e
+  total = sum(counts)
+  if total < opts.frames_per_video:
+    raise Rejected(f"too few frames: {total} < frames_per_video={opts.frames_per_video}")
+  # Candidate frames spread evenly over all clips; the detector runs on these only.
+  n_cand = min(total, opts.candidates_per_frame * opts.frames_per_video)
+  wanted = set(np.linspace(0, total - 1, n_cand).round().astype(int).tolist())
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+  frames: list[np.ndarray] = []
+  where: list[tuple[int, int]] = []
+  fps = 0.0
+  for c, clip in enumerate(entry.clips):
+    try:
+      for i, frame, fps in iter_frames(clip):
+        if starts[c] + i in wanted:
+          frames.append(frame)
+          where.append((c, i))
+    except VideoError as e:
+      raise Rejected(str(e)) from e
+  detections = [backend.detect(f) for f in frames]
+  tracks = crop_lib.link_tracks(detections, max_gap=3)
+  main = crop_lib.main_track(tracks)
+  if main is None:
+    raise Rejected(f"no face in {len(frames)} sampled frames")
+  if main.mean_size < opts.min_face_size:
+    raise Rejected(f"face too small: {main.mean_size:.0f} px < min_face_size={opts.min_face_size:g}")
+  for other in tracks:
+    if (other is not main and other.mean_size >= 0.7 * main.mean_size
+        and len(other.frames) >= 0.5 * len(main.frames)):
+      raise Rejected(f"several faces: a second face of {other.mean_size:.0f} px in "
+                     f"{len(other.frames)} of {len(frames)} sampled frames")
+  if len(main.frames) < opts.frames_per_video:
+    raise Rejected(f"too few frames with the face: {len(main.frames)} < "
+                   f"frames_per_video={opts.frames_per_video}")
+  keep = np.linspace(0, len(main.frames) - 1, opts.frames_per_video).round().astype(int)
+  points = np.stack([main.faces[k].landmarks for k in keep])
+  boxes = crop_lib.crop_boxes(points, opts.enlarge)
+  jpegs, crop_points = [], []
+  for k, box, p in zip(keep, boxes, points):
+    image, q = crop_lib.crop_frame(frames[main.frames[k]], box, p, opts.image_size)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=opts.jpeg_quality)
+    jpegs.append(np.frombuffer(buf.getvalue(), np.uint8))
+    crop_points.append(q)
+  meta = {
+      "key": entry.key,
+      "identity": entry.identity,
+      "clips": [str(c) for c in entry.clips],
+      "frames": [list(where[main.frames[k]]) for k in keep],
+      "fps": fps,
+      "detector": backend.name,
+      "detector_version": backend.version,
+      "image_size": opts.image_size,
+      "enlarge": opts.enlarge,
+      "jpeg_quality": opts.jpeg_quality,
+  }
+  return {
+      "jpeg": np.concatenate(jpegs),
+      "offsets": np.concatenate([[0], np.cumsum([len(j) for j in jpegs])]).astype(np.int64),
+      "landmarks": np.stack(crop_points).astype(np.float32),
+      "meta": np.asarray(json.dumps(meta)),
+  }
+
+
+def load_entry(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
+  """Decoded crops ``[T]`` of uint8 ``[S, S, 3]``, landmarks ``[T, 68, 2]`` and the metadata."""
+  with np.load(path, allow_pickle=False) as z:
+    jpeg, offsets = z["jpeg"], z["offsets"]
+    frames = [np.asarray(Image.open(io.BytesIO(jpeg[a:b].tobytes())).convert("RGB"))
+              for a, b in zip(offsets[:-1], offsets[1:])]
+    return frames, z["landmarks"], json.loads(str(z["meta"]))
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(opts: PrepOptions) -> None:
+  _WORKER["backend"] = backends_lib.make_backend(opts.backend, **dict(opts.backend_options))
+  _WORKER["opts"] = opts
+
+
+def _work(job: tuple[VideoEntry, str]) -> tuple[str, str | None, float]:
+  """Runs in a worker: writes one entry; returns (key, rejection reason or None, seconds)."""
+  entry, cache = job
+  t0 = time.perf_counter()
+  try:
+    data = prepare_video(entry, _WORKER["backend"], _WORKER["opts"])
+  except Rejected as e:
+    return entry.key, str(e), time.perf_counter() - t0
+  except Exception as e:  # pylint: disable=broad-except
+    # One broken video must not end a multi-day run; the reason names the exception.
+    return entry.key, f"unexpected {type(e).__name__}: {e}", time.perf_counter() - t0
+  with atomic_path(entry_path(pathlib.Path(cache), entry.key)) as tmp:
+    np.savez(tmp, **data)
+  return entry.key, None, time.perf_counter() - t0
+
+
+def _rejected_keys(cache: pathlib.Path) -> set[str]:
+  """Keys already recorded as rejected; a torn last line (killed mid-write) is ignored."""
+  path = cache / REJECTED
+  keys = set()
+  if path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        keys.add(json.loads(line)["key"])
+      except (json.JSONDecodeError, KeyError, TypeError):
+        continue
+  return keys
+
+
+def _reason_kind(reason: str) -> str:
+  for kind in ("empty file", "not a readable video", "no video stream", "corrupt or truncated",
+               "no decodable frames", "no face", "face too small", "several faces",
+               "too few frames with the face", "too few frames", "no such file"):
+    if kind in reason:
+      return kind
+  return "other"
+
+
+def build_cache(
+    entries: Sequence[VideoEntry],
+    cache: str | os.PathLike,
+    opts: PrepOptions,
+    workers: int = 1,
+) -> dict[str, Any]:
+  """Writes an entry per video into ``cache`` (skipping finished ones); returns the summary."""
+  cache = pathlib.Path(cache)
+  cache.mkdir(parents=True, exist_ok=True)
+  done_rejected = _rejected_keys(cache)
+  todo = [e for e in entries
+          if e.key not in done_rejected and not entry_path(cache, e.key).exists()]
+  skipped = len(entries) - len(todo)
+  reasons: Counter[str] = Counter()
+  written = 0
+  t0 = time.perf_counter()
+  progress = Progress(len(todo), "landmarks", "videos")
+  jobs = [(e, str(cache)) for e in todo]
+  with open(cache / REJECTED, "a", encoding="utf-8") as rejected:
+
+    def record(key: str, reason: str | None) -> None:
+      nonlocal written
+      if reason is None:
+        written += 1
+      else:
+        reasons[_reason_kind(reason)] += 1
+        rejected.write(json.dumps({"key": key, "reason": reason}) + "\n")
+        rejected.flush()
+        os.fsync(rejected.fileno())
+      progress.update(1, extra=f"written {written} rejected {sum(reasons.values())}")
+
+    if workers > 1 and len(jobs) > 1:
+      ctx = multiprocessing.get_context("spawn")
+      with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
+        for key, reason, _ in pool.imap_unordered(_work, jobs):
+          record(key, reason)
+    elif jobs:
+      _init_worker(opts)
+      for job in jobs:
+        key, reason, _ = _work(job)
+        record(key, reason)
+  seconds = time.perf_counter() - t0
+  summary = {
+      "videos": len(entries),
+      "skipped_already_done": skipped,
+      "written": written,
+      "rejected": sum(reasons.values()),
+      "rejected_by_reason": dict(sorted(reasons.items())),
+      "seconds": round(seconds, 2),
+      "videos_per_second": round(len(todo) / seconds, 3) if seconds > 0 and todo else 0.0,
+      "workers": workers,
+  }
+  print("landmark cache: " + json.dumps(summary), file=sys.stderr)
+  return summary
