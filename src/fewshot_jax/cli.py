@@ -155,6 +155,32 @@ def cmd_prepare_landmarks(args: argparse.Namespace, overrides: Sequence[str]) ->
   return 0
 
 
+def cmd_prepare_shards(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+  del overrides
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  from fewshot_jax.prep import tfds_builder  # pylint: disable=g-import-not-at-top
+
+  builder = tfds_builder.TalkingHeads(
+      config=args.config, data_dir=args.data_dir, file_format=args.file_format)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir))
+  splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+  print(json.dumps({"data_dir": builder.data_dir, "splits": splits}))
+  return 0
+
+
+def cmd_data_verify(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+  del overrides
+  from fewshot_jax.prep import verify  # pylint: disable=g-import-not-at-top
+
+  report = verify.verify(args.data_dir)
+  print(json.dumps(report, indent=2))
+  for p in report["problems"]:
+    print(f"CORRUPT {p['file']} at {p['where']}: {p['error']}", file=sys.stderr)
+  return 0 if report["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="fewshot-jax",
@@ -207,6 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument("--jpeg-quality", type=int, default=95)
   q.add_argument("--min-face-size", type=float, default=40.0, help="pixels in the source video")
   q.set_defaults(func=cmd_prepare_landmarks)
+  q = stage.add_parser("shards", help="a landmark cache (or the synthetic generator) -> TFDS shards")
+  q.add_argument("--config", default="video_folder",
+                 choices=("voxceleb2", "video_folder", "synthetic", "synthetic_64"))
+  q.add_argument("--manual-dir", help="the landmark cache (not needed for synthetic configs)")
+  q.add_argument("--data-dir", required=True, help="TFDS data dir to write into")
+  q.add_argument("--file-format", choices=("tfrecord", "array_record"), default="tfrecord")
+  q.set_defaults(func=cmd_prepare_shards)
+
+  p = sub.add_parser("data", help="checks on prepared datasets")
+  action = p.add_subparsers(dest="action", required=True)
+  q = action.add_parser("verify", help="check every shard's framing, checksums and examples")
+  q.add_argument("--data-dir", required=True)
+  q.set_defaults(func=cmd_data_verify)
   return parser
 
 

@@ -134,6 +134,12 @@ def prepare_video(
   }
 
 
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+  """An entry's metadata only (npz members load lazily, so the crops are not read)."""
+  with np.load(path, allow_pickle=False) as z:
+    return json.loads(str(z["meta"]))
+
+
 def load_entry(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
   """Decoded crops ``[T]`` of uint8 ``[S, S, 3]``, landmarks ``[T, 68, 2]`` and the metadata."""
   with np.load(path, allow_pickle=False) as z:

