@@ -62,6 +62,11 @@ def test_build_skips_bad_videos_with_reasons_and_resumes(vox_tree, tmp_path):
   rejected = {r["key"]: r["reason"] for r in map(json.loads, (cache / "rejected.jsonl").open())}
   assert summary["written"] == 2, rejected
   assert summary["rejected"] == 6
+  by_kind = summary["rejected_by_reason"]
+  assert by_kind["empty file"] == by_kind["no face"] == by_kind["several faces"] == 1
+  assert by_kind["too few frames"] == 1 and by_kind["not a readable video"] >= 1
+  kinds = {r["key"]: r["kind"] for r in map(json.loads, (cache / "rejected.jsonl").open())}
+  assert kinds["dev/id00008/two"] == "several faces"
   assert "empty file" in rejected["dev/id00003/empty"]
   assert "not a readable video" in rejected["dev/id00004/text"]
   assert "cut" in rejected["dev/id00005/cut"] or "too few" in rejected["dev/id00005/cut"]

@@ -14,6 +14,7 @@ An entry holds (numpy arrays only; loaded with ``allow_pickle=False``):
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import json
@@ -54,7 +55,16 @@ class PrepOptions:
 
 
 class Rejected(Exception):
-  """A video that cannot become an entry; the message is the reason recorded."""
+  """A video that cannot become an entry: ``kind`` for the summary, the message for the log."""
+
+  def __init__(self, kind: str, message: str):
+    # Both arguments go to Exception so that pickling (results coming back from worker
+    # processes) rebuilds it; a missing argument there would hang the pool's result thread.
+    super().__init__(kind, message)
+    self.kind, self.message = kind, message
+
+  def __str__(self) -> str:
+    return self.message
 
 
 def entry_path(cache: pathlib.Path, key: str) -> pathlib.Path:
@@ -70,10 +80,11 @@ def prepare_video(
     try:
       counts.append(count_frames(clip))
     except VideoError as e:
-      raise Rejected(str(e)) from e
+      raise Rejected(e.kind, str(e)) from e
   total = sum(counts)
   if total < opts.frames_per_video:
-    raise Rejected(f"too few frames: {total} < frames_per_video={opts.frames_per_video}")
+    raise Rejected("too few frames",
+                   f"too few frames: {total} < frames_per_video={opts.frames_per_video}")
   # Candidate frames spread evenly over all clips; the detector runs on these only.
   n_cand = min(total, opts.candidates_per_frame * opts.frames_per_video)
   wanted = set(np.linspace(0, total - 1, n_cand).round().astype(int).tolist())
@@ -88,21 +99,23 @@ def prepare_video(
           frames.append(frame)
           where.append((c, i))
     except VideoError as e:
-      raise Rejected(str(e)) from e
+      raise Rejected(e.kind, str(e)) from e
   detections = [backend.detect(f) for f in frames]
   tracks = crop_lib.link_tracks(detections, max_gap=3)
   main = crop_lib.main_track(tracks)
   if main is None:
-    raise Rejected(f"no face in {len(frames)} sampled frames")
+    raise Rejected("no face", f"no face in {len(frames)} sampled frames")
   if main.mean_size < opts.min_face_size:
-    raise Rejected(f"face too small: {main.mean_size:.0f} px < min_face_size={opts.min_face_size:g}")
+    raise Rejected("face too small", f"face too small: {main.mean_size:.0f} px < "
+                   f"min_face_size={opts.min_face_size:g}")
   for other in tracks:
     if (other is not main and other.mean_size >= 0.7 * main.mean_size
         and len(other.frames) >= 0.5 * len(main.frames)):
-      raise Rejected(f"several faces: a second face of {other.mean_size:.0f} px in "
+      raise Rejected("several faces", f"several faces: a second face of {other.mean_size:.0f} px in "
                      f"{len(other.frames)} of {len(frames)} sampled frames")
   if len(main.frames) < opts.frames_per_video:
-    raise Rejected(f"too few frames with the face: {len(main.frames)} < "
+    raise Rejected("too few frames with the face",
+                   f"too few frames with the face: {len(main.frames)} < "
                    f"frames_per_video={opts.frames_per_video}")
   keep = np.linspace(0, len(main.frames) - 1, opts.frames_per_video).round().astype(int)
   points = np.stack([main.faces[k].landmarks for k in keep])
@@ -157,20 +170,19 @@ def _init_worker(opts: PrepOptions) -> None:
   _WORKER["opts"] = opts
 
 
-def _work(job: tuple[VideoEntry, str]) -> tuple[str, str | None, float]:
-  """Runs in a worker: writes one entry; returns (key, rejection reason or None, seconds)."""
+def _work(job: tuple[VideoEntry, str]) -> tuple[str, Rejected | None]:
+  """Runs in a worker: writes one entry; returns (key, the rejection or None)."""
   entry, cache = job
-  t0 = time.perf_counter()
   try:
     data = prepare_video(entry, _WORKER["backend"], _WORKER["opts"])
   except Rejected as e:
-    return entry.key, str(e), time.perf_counter() - t0
+    return entry.key, e
   except Exception as e:  # pylint: disable=broad-except
     # One broken video must not end a multi-day run; the reason names the exception.
-    return entry.key, f"unexpected {type(e).__name__}: {e}", time.perf_counter() - t0
+    return entry.key, Rejected("unexpected error", f"unexpected {type(e).__name__}: {e}")
   with atomic_path(entry_path(pathlib.Path(cache), entry.key)) as tmp:
     np.savez(tmp, **data)
-  return entry.key, None, time.perf_counter() - t0
+  return entry.key, None
 
 
 def _rejected_keys(cache: pathlib.Path) -> set[str]:
@@ -184,15 +196,6 @@ def _rejected_keys(cache: pathlib.Path) -> set[str]:
       except (json.JSONDecodeError, KeyError, TypeError):
         continue
   return keys
-
-
-def _reason_kind(reason: str) -> str:
-  for kind in ("empty file", "not a readable video", "no video stream", "corrupt or truncated",
-               "no decodable frames", "no face", "face too small", "several faces",
-               "too few frames with the face", "too few frames", "no such file"):
-    if kind in reason:
-      return kind
-  return "other"
 
 
 def build_cache(
@@ -215,27 +218,30 @@ def build_cache(
   jobs = [(e, str(cache)) for e in todo]
   with open(cache / REJECTED, "a", encoding="utf-8") as rejected:
 
-    def record(key: str, reason: str | None) -> None:
+    def record(key: str, rejection: Rejected | None) -> None:
       nonlocal written
-      if reason is None:
+      if rejection is None:
         written += 1
       else:
-        reasons[_reason_kind(reason)] += 1
-        rejected.write(json.dumps({"key": key, "reason": reason}) + "\n")
+        reasons[rejection.kind] += 1
+        line = {"key": key, "kind": rejection.kind, "reason": str(rejection)}
+        rejected.write(json.dumps(line) + "\n")
         rejected.flush()
         os.fsync(rejected.fileno())
       progress.update(1, extra=f"written {written} rejected {sum(reasons.values())}")
 
     if workers > 1 and len(jobs) > 1:
-      ctx = multiprocessing.get_context("spawn")
-      with ctx.Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
-        for key, reason, _ in pool.imap_unordered(_work, jobs):
-          record(key, reason)
+      # A worker that dies (a codec or dlib crash) makes the executor raise BrokenProcessPool
+      # rather than hang; entries written so far stay, and a re-run resumes after them.
+      with concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+          initargs=(opts,)) as pool:
+        for future in concurrent.futures.as_completed([pool.submit(_work, j) for j in jobs]):
+          record(*future.result())
     elif jobs:
       _init_worker(opts)
       for job in jobs:
-        key, reason, _ = _work(job)
-        record(key, reason)
+        record(*_work(job))
   seconds = time.perf_counter() - t0
   summary = {
       "videos": len(entries),

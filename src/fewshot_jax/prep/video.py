@@ -1,20 +1,47 @@
 """Decoding videos with PyAV, with errors that name the file and what is wrong with it.
 
 Data prep reads thousands of files of unknown health; each failure here becomes one line in a
-rejection log, so the message must say which file and why (empty, not a video, no video stream,
-corrupt at frame N) rather than surface a codec library's exception.
+rejection log, so the error says which file and why (empty, not a video, no video stream, corrupt
+at frame N) rather than surfacing a codec library's exception, and carries a short ``kind`` that
+summaries count by.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 
 class VideoError(ValueError):
-  """A video that cannot be used; the message names the file and the reason."""
+  """A video that cannot be used: ``kind`` (e.g. "empty file") and a message naming the file."""
+
+  def __init__(self, path: str, kind: str, detail: str = ""):
+    super().__init__(f"{path}: {kind}" + (f" ({detail})" if detail else ""))
+    self.path, self.kind = path, kind
+
+
+@contextlib.contextmanager
+def _open_video(path: str | os.PathLike) -> Iterator[tuple[Any, Any]]:
+  """``(container, first video stream)``, or a ``VideoError`` saying why not."""
+  import av  # pylint: disable=g-import-not-at-top
+
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise VideoError(path, "no such file")
+  if os.path.getsize(path) == 0:
+    raise VideoError(path, "empty file", "0 bytes")
+  try:
+    container = av.open(path)
+  except (av.error.FFmpegError, UnicodeDecodeError) as e:
+    raise VideoError(path, "not a readable video", str(e)) from e
+  with container:
+    if not container.streams.video:
+      raise VideoError(path, "no video stream")
+    yield container, container.streams.video[0]
 
 
 def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, float]]:
@@ -26,19 +53,7 @@ def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, floa
   """
   import av  # pylint: disable=g-import-not-at-top
 
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise VideoError(f"{path}: no such file")
-  if os.path.getsize(path) == 0:
-    raise VideoError(f"{path}: empty file (0 bytes)")
-  try:
-    container = av.open(path)
-  except (av.error.FFmpegError, UnicodeDecodeError) as e:
-    raise VideoError(f"{path}: not a readable video ({e})") from e
-  with container:
-    if not container.streams.video:
-      raise VideoError(f"{path}: no video stream")
-    stream = container.streams.video[0]
+  with _open_video(path) as (container, stream):
     fps = float(stream.average_rate) if stream.average_rate else 0.0
     index = 0
     try:
@@ -46,17 +61,9 @@ def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, floa
         yield index, frame.to_ndarray(format="rgb24"), fps
         index += 1
     except av.error.FFmpegError as e:
-      raise VideoError(f"{path}: corrupt or truncated at frame {index} ({e})") from e
+      raise VideoError(os.fspath(path), "corrupt or truncated", f"at frame {index}: {e}") from e
   if index == 0:
-    raise VideoError(f"{path}: no decodable frames")
-
-
-def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
-  """All frames of ``path`` as uint8 ``[T, H, W, 3]``, and its frame rate."""
-  frames, fps = [], 0.0
-  for _, frame, fps in iter_frames(path):
-    frames.append(frame)
-  return np.stack(frames), fps
+    raise VideoError(os.fspath(path), "no decodable frames")
 
 
 def count_frames(path: str | os.PathLike) -> int:
@@ -67,16 +74,16 @@ def count_frames(path: str | os.PathLike) -> int:
   """
   import av  # pylint: disable=g-import-not-at-top
 
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise VideoError(f"{path}: no such file")
-  if os.path.getsize(path) == 0:
-    raise VideoError(f"{path}: empty file (0 bytes)")
-  try:
-    with av.open(path) as container:
-      if not container.streams.video:
-        raise VideoError(f"{path}: no video stream")
-      stream = container.streams.video[0]
+  with _open_video(path) as (container, stream):
+    try:
       return sum(1 for packet in container.demux(stream) if packet.size)
-  except (av.error.FFmpegError, UnicodeDecodeError) as e:
-    raise VideoError(f"{path}: not a readable video ({e})") from e
+    except av.error.FFmpegError as e:
+      raise VideoError(os.fspath(path), "corrupt or truncated", str(e)) from e
+
+
+def read_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+  """All frames of ``path`` as uint8 ``[T, H, W, 3]``, and its frame rate."""
+  frames, fps = [], 0.0
+  for _, frame, fps in iter_frames(path):
+    frames.append(frame)
+  return np.stack(frames), fps
