@@ -1,22 +1,16 @@
 """Stage (b) of data prep: TFDS shards from the synthetic generator and from a landmark cache of a
 real clip, in both file formats, read back and compared with what went in."""
 
-import io
 import shutil
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from fewshot_jax import cli
 from fewshot_jax.data import synthetic
-from fewshot_jax.prep import landmark_cache, layouts, tfds_builder
+from fewshot_jax.prep import jpeg, landmark_cache, layouts, tfds_builder
 from test_prep_backends import carphone_path
-
-
-def _decode(jpeg) -> np.ndarray:
-  return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
 
 
 def test_synthetic_array_record_shards_read_back_without_tensorflow(tmp_path):
@@ -36,7 +30,7 @@ def test_synthetic_array_record_shards_read_back_without_tensorflow(tmp_path):
     assert decoded.shape == (6, 64, 64, 3) and decoded.dtype == np.uint8
     np.testing.assert_array_equal(example["landmarks"], points)
     # The stored JPEGs are exactly the rendered frames encoded at the configured quality.
-    expected = np.stack([_decode(tfds_builder._jpeg(f, 95)) for f in frames])  # pylint: disable=protected-access
+    expected = np.stack([jpeg.decode(jpeg.encode(f, 95)) for f in frames])
     np.testing.assert_array_equal(decoded, expected)
     assert example["frame_indices"][:, 1].tolist() == [0, 8, 16, 24, 32, 40]
     seen.add(int(example["video_index"]))
@@ -67,8 +61,8 @@ def test_cache_to_tfrecord_shards_via_cli_keeps_crops_and_landmarks(carphone_cac
   (example,) = list(tfds.as_numpy(ds))
   frames, points, meta = landmark_cache.load_entry(carphone_cache / "speaker" / "carphone.npz")
   # The JPEG bytes pass through untouched: decoded shards equal decoded cache entries exactly.
-  for jpeg, frame in zip(example["frames"], frames):
-    np.testing.assert_array_equal(_decode(jpeg), frame)
+  for data, frame in zip(example["frames"], frames):
+    np.testing.assert_array_equal(jpeg.decode(data), frame)
   np.testing.assert_array_equal(example["landmarks"], points)
   assert example["video_index"] == 0
   assert example["identity"].decode() == "speaker"

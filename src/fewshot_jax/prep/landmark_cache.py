@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import json
 import multiprocessing
 import os
@@ -28,11 +27,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from fewshot_jax.atomic_files import atomic_path
 from fewshot_jax.prep import backends as backends_lib
 from fewshot_jax.prep import crop as crop_lib
+from fewshot_jax.prep import jpeg
 from fewshot_jax.prep.layouts import VideoEntry
 from fewshot_jax.prep.video import VideoError, count_frames, iter_frames
 from fewshot_jax.progress import Progress
@@ -123,9 +122,7 @@ def prepare_video(
   jpegs, crop_points = [], []
   for k, box, p in zip(keep, boxes, points):
     image, q = crop_lib.crop_frame(frames[main.frames[k]], box, p, opts.image_size)
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=opts.jpeg_quality)
-    jpegs.append(np.frombuffer(buf.getvalue(), np.uint8))
+    jpegs.append(np.frombuffer(jpeg.encode(image, opts.jpeg_quality), np.uint8))
     crop_points.append(q)
   meta = {
       "key": entry.key,
@@ -156,9 +153,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 def load_entry(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
   """Decoded crops ``[T]`` of uint8 ``[S, S, 3]``, landmarks ``[T, 68, 2]`` and the metadata."""
   with np.load(path, allow_pickle=False) as z:
-    jpeg, offsets = z["jpeg"], z["offsets"]
-    frames = [np.asarray(Image.open(io.BytesIO(jpeg[a:b].tobytes())).convert("RGB"))
-              for a, b in zip(offsets[:-1], offsets[1:])]
+    data, offsets = z["jpeg"], z["offsets"]
+    frames = [jpeg.decode(data[a:b].tobytes()) for a, b in zip(offsets[:-1], offsets[1:])]
     return frames, z["landmarks"], json.loads(str(z["meta"]))
 
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
+
+from fewshot_jax.prep import jpeg
 
 log = logging.getLogger("fewshot_jax")
 
@@ -61,12 +62,6 @@ class TalkingHeadsConfig(tfds.core.BuilderConfig):
     self.frames_per_video = frames_per_video
     self.frame_stride = frame_stride
     self.jpeg_quality = jpeg_quality
-
-
-def _jpeg(image: np.ndarray, quality: int) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="JPEG", quality=quality)
-  return buf.getvalue()
 
 
 class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -180,10 +175,10 @@ def _cache_example(
   """One video from a landmark-cache entry; the JPEG bytes pass through without re-encoding."""
   del config
   with np.load(path, allow_pickle=False) as z:
-    jpeg, offsets = z["jpeg"], z["offsets"]
+    data, offsets = z["jpeg"], z["offsets"]
     meta = json.loads(str(z["meta"]))
     landmarks = z["landmarks"].astype(np.float32)
-  frames = [io.BytesIO(jpeg[a:b].tobytes()) for a, b in zip(offsets[:-1], offsets[1:])]
+  frames = [io.BytesIO(data[a:b].tobytes()) for a, b in zip(offsets[:-1], offsets[1:])]
   return meta["key"], {
       "frames": frames,
       "landmarks": landmarks,
@@ -209,7 +204,7 @@ def _synthetic_example(
   t = np.arange(config.frames_per_video) * config.frame_stride
   key = f"synthetic/{seed}"
   return key, {
-      "frames": [io.BytesIO(_jpeg(f, config.jpeg_quality)) for f in frames],
+      "frames": [io.BytesIO(jpeg.encode(f, config.jpeg_quality)) for f in frames],
       "landmarks": points,
       "video_index": index,
       "identity": f"synthetic_{seed}",
