@@ -150,12 +150,18 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(str(z["meta"]))
 
 
-def load_entry(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
-  """Decoded crops ``[T]`` of uint8 ``[S, S, 3]``, landmarks ``[T, 68, 2]`` and the metadata."""
+def read_entry(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray, dict[str, Any]]:
+  """An entry's JPEG crops (bytes, as written), landmarks ``[T, 68, 2]`` and metadata."""
   with np.load(path, allow_pickle=False) as z:
     data, offsets = z["jpeg"], z["offsets"]
-    frames = [jpeg.decode(data[a:b].tobytes()) for a, b in zip(offsets[:-1], offsets[1:])]
-    return frames, z["landmarks"], json.loads(str(z["meta"]))
+    crops = [data[a:b].tobytes() for a, b in zip(offsets[:-1], offsets[1:])]
+    return crops, z["landmarks"].astype(np.float32), json.loads(str(z["meta"]))
+
+
+def load_entry(path: str | os.PathLike) -> tuple[list[np.ndarray], np.ndarray, dict[str, Any]]:
+  """Decoded crops ``[T]`` of uint8 ``[S, S, 3]``, landmarks ``[T, 68, 2]`` and the metadata."""
+  crops, landmarks, meta = read_entry(path)
+  return [jpeg.decode(c) for c in crops], landmarks, meta
 
 
 _WORKER: dict[str, Any] = {}

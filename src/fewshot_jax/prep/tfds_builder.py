@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import logging
 import pathlib
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fewshot_jax.prep import jpeg
+from fewshot_jax.prep import jpeg, landmark_cache
 
 log = logging.getLogger("fewshot_jax")
 
@@ -130,8 +129,6 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _readable_entries(self, cache: pathlib.Path) -> list[pathlib.Path]:
     """Cache entries in key order; an unreadable or mismatched one is skipped with a warning,
     before video indices are assigned, so indices stay dense."""
-    from fewshot_jax.prep import landmark_cache  # pylint: disable=g-import-not-at-top
-
     good = []
     for path in sorted(cache.rglob("*.npz")):
       try:
@@ -174,13 +171,9 @@ def _cache_example(
 ) -> tuple[str, dict[str, Any]]:
   """One video from a landmark-cache entry; the JPEG bytes pass through without re-encoding."""
   del config
-  with np.load(path, allow_pickle=False) as z:
-    data, offsets = z["jpeg"], z["offsets"]
-    meta = json.loads(str(z["meta"]))
-    landmarks = z["landmarks"].astype(np.float32)
-  frames = [io.BytesIO(data[a:b].tobytes()) for a, b in zip(offsets[:-1], offsets[1:])]
+  crops, landmarks, meta = landmark_cache.read_entry(path)
   return meta["key"], {
-      "frames": frames,
+      "frames": [io.BytesIO(c) for c in crops],
       "landmarks": landmarks,
       "video_index": index,
       "identity": meta["identity"],
