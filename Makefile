@@ -28,6 +28,7 @@ test: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/synthetic.py
+	$(VENV)/bin/python benchmarks/prep.py
 
 clean-venv:
 	rm -rf $(VENV)
