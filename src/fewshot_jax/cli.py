@@ -161,6 +161,9 @@ def cmd_prepare_shards(args: argparse.Namespace, overrides: Sequence[str]) -> in
 
   from fewshot_jax.prep import tfds_builder  # pylint: disable=g-import-not-at-top
 
+  if not args.config.startswith("synthetic") and not args.manual_dir:
+    raise SystemExit(f"prepare shards --config {args.config} reads a landmark cache: pass "
+                     "--manual-dir CACHE (written by `fewshot-jax prepare landmarks`)")
   builder = tfds_builder.TalkingHeads(
       config=args.config, data_dir=args.data_dir, file_format=args.file_format)
   builder.download_and_prepare(

@@ -61,7 +61,7 @@ def link_tracks(
     for face in sorted(faces, key=lambda f: -f.size):
       best, best_iou = None, min_iou
       for k, (frames, members) in enumerate(open_tracks):
-        if k in taken or t - frames[-1] > max_gap or frames[-1] == t:
+        if k in taken or t - frames[-1] > max_gap:
           continue
         iou = box_iou(members[-1].box, face.box)
         if iou >= best_iou:
