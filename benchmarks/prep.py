@@ -45,6 +45,43 @@ def _median_seconds(fn: Callable[[], int], repeats: int) -> float:
   return statistics.median(rates)
 
 
+def _time_fan(sample: np.ndarray, detect: dict[str, float], repeats: int) -> str | None:
+  """Adds the fan backend's seconds per frame (one thread, one face per frame) to ``detect``.
+
+  With the real weights in the torch hub cache they are used; otherwise stand-in weights of the
+  same architectures (random values) measure the same compute. Returns which, or None when
+  face-alignment is not installed.
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    from face_alignment import models  # pylint: disable=g-import-not-at-top
+    from face_alignment.detection.sfd import net_s3fd  # pylint: disable=g-import-not-at-top
+    from fewshot_jax.prep import fan  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  with tempfile.TemporaryDirectory() as tmp:
+    try:
+      fan.resolve_weights(download=False)
+      folder, weights = None, "real (torch hub cache)"
+    except FileNotFoundError:
+      folder, weights = pathlib.Path(tmp), "random stand-ins of the real architectures"
+      detector_file, fan_file = fan.weight_files()
+      torch.save(net_s3fd.s3fd().state_dict(), folder / detector_file.name)
+      torch.save(models.FAN(4).state_dict(), folder / fan_file.name)
+    for flip in (False, True):
+      # max_faces=1: a talking-head frame holds one face, and untrained weights would find many.
+      det = fan.FanBackend(device="cpu", flip=flip, weights_dir=folder, download=False,
+                           threads=1, max_faces=1)
+
+      def run(det=det) -> int:
+        for f in sample:
+          det.detect(f)
+        return len(sample)
+
+      detect[f"fan_flip{int(flip)}"] = _median_seconds(run, repeats)
+  return weights
+
+
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="runs/bench/prep.json")
@@ -80,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
       return len(sample)
 
     detect[f"dlib_upsample{upsample}"] = _median_seconds(run, args.repeats)
+  fan_weights = _time_fan(frames224[::20], detect, args.repeats)
   det = backends.make_backend("dlib", upsample=1)
   faces = [det.detect(f) for f in sample]
   points = np.stack([f[0].landmarks for f in faces if f])
@@ -104,9 +142,10 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
       "per_core_frames_per_second": {
           "decode_176x144": round(1 / decode["176x144"], 1),
           "decode_224x224": round(1 / decode["224x224"], 1),
-          **{f"detect_landmarks_{k}_224x224": round(1 / v, 1) for k, v in detect.items()},
+          **{f"detect_landmarks_{k}_224x224": round(1 / v, 2) for k, v in detect.items()},
           "crop_resize256_jpeg95": round(1 / crop_s, 1),
       },
+      "fan_weights": fan_weights,
       "voxceleb2_dev_projection": {
           "assumptions": {"videos": args.videos, "utterances_per_video": args.utterances_per_video,
                           "seconds_per_utterance": args.seconds_per_utterance, "fps": args.fps,
@@ -119,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
               "detect": round(2 * args.frames_per_video * detect["dlib_upsample1"] / per_video, 3),
               "crop_encode": round(args.frames_per_video * crop_s / per_video, 3)},
           "core_hours": round(core_hours, 1),
+          # The same with each backend's detection cost (fan on one CPU thread; a GPU is the
+          # way to run fan at this scale).
+          "core_hours_by_backend": {
+              k: round(args.videos * (per_video + 2 * args.frames_per_video
+                                      * (v - detect["dlib_upsample1"])) / 3600, 1)
+              for k, v in detect.items()},
           "wall_hours_on_cores": {str(n): round(core_hours / n, 1) for n in args.cores},
       },
   }

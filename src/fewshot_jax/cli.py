@@ -146,10 +146,16 @@ def cmd_prepare_landmarks(args: argparse.Namespace, overrides: Sequence[str]) ->
   from fewshot_jax.prep import landmark_cache, layouts  # pylint: disable=g-import-not-at-top
 
   entries = layouts.list_videos(args.input, args.layout)
+  if args.backend == "dlib":
+    backend_options = (("upsample", args.upsample),)
+  else:
+    # torch would give every worker all the cores; share them out instead.
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.workers))
+    backend_options = (("device", args.device), ("flip", args.flip), ("threads", threads))
   opts = landmark_cache.PrepOptions(
       frames_per_video=args.frames_per_video, image_size=args.image_size, enlarge=args.enlarge,
       jpeg_quality=args.jpeg_quality, min_face_size=args.min_face_size, backend=args.backend,
-      backend_options=(("upsample", args.upsample),))
+      backend_options=backend_options)
   summary = landmark_cache.build_cache(entries, args.cache, opts, workers=args.workers)
   print(json.dumps(summary))
   return 0
@@ -227,8 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument("--input", required=True, help="root folder of the videos")
   q.add_argument("--layout", choices=("voxceleb2", "folder"), default="folder")
   q.add_argument("--cache", required=True, help="output folder: <key>.npz per video")
-  q.add_argument("--backend", choices=("dlib",), default="dlib")
+  q.add_argument("--backend", choices=("dlib", "fan"), default="dlib",
+                 help="dlib: offline HOG + shape predictor; fan: face-alignment S3FD + 2DFAN4")
   q.add_argument("--upsample", type=int, default=1, help="dlib: detector upsampling steps")
+  q.add_argument("--device", default=None, help="fan: cpu, cuda or cuda:N (default: cuda if seen)")
+  q.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                 help="fan: average FAN over the mirrored crop too")
   q.add_argument("--workers", type=int, default=1, help="processes")
   q.add_argument("--frames-per-video", type=int, default=32)
   q.add_argument("--image-size", type=int, default=256)

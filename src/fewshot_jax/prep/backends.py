@@ -8,6 +8,8 @@ pixel ``(row i, column j)`` covers ``[j, j+1) x [i, i+1)``, so its centre is ``(
 Backends:
   * ``dlib``: dlib's HOG face detector and the 68-point shape predictor shipped in the
     ``face-recognition-models`` package. Works offline, CPU only; the default here.
+  * ``fan``: face-alignment's S3FD detector and 2DFAN4 landmark network (the paper's detector), on
+    CPU or CUDA, with weights from the torch hub cache (see ``fan_weights.py``).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class LandmarkBackend(Protocol):
     ...
 
 
-def _check_frame(frame: np.ndarray) -> np.ndarray:
+def check_frame(frame: np.ndarray) -> np.ndarray:
   if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
     raise ValueError(f"expected a uint8 [H, W, 3] RGB frame, got {frame.dtype} {frame.shape}")
   return np.ascontiguousarray(frame)
@@ -112,7 +114,7 @@ class DlibBackend:
     self.version = f"dlib {dlib.__version__} hog+{path.name} upsample={upsample}"
 
   def detect(self, frame: np.ndarray) -> list[Face]:
-    frame = _check_frame(frame)
+    frame = check_frame(frame)
     rects, scores, _ = self._detector.run(frame, self.upsample, self.min_score)
     faces = []
     for rect, score in zip(rects, scores):
@@ -125,11 +127,18 @@ class DlibBackend:
     return faces
 
 
-_BACKENDS = {"dlib": DlibBackend}
+def _fan_backend(**options) -> LandmarkBackend:
+  # Imported on demand: the fan backend pulls in torch, numba and OpenCV.
+  from fewshot_jax.prep.fan import FanBackend  # pylint: disable=g-import-not-at-top
+  return FanBackend(**options)
+
+
+_BACKENDS = {"dlib": DlibBackend, "fan": _fan_backend}
+BACKEND_NAMES = tuple(sorted(_BACKENDS))
 
 
 def make_backend(name: str, **options) -> LandmarkBackend:
-  """A backend by name (``dlib``), with backend-specific options."""
+  """A backend by name (``dlib`` or ``fan``), with backend-specific options."""
   if name not in _BACKENDS:
     raise ValueError(f"unknown landmark backend {name!r}: expected one of {sorted(_BACKENDS)}")
   return _BACKENDS[name](**options)
