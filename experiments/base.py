@@ -33,7 +33,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.landmark_thickness = 0.0  # 0: about 2 px at 256, scaled with the image
 
   c.data = ml_collections.ConfigDict()
+  # "shards": a dataset from data prep (TFRecord or ArrayRecord) under data.data_dir;
+  # "synthetic": procedural videos rendered into memory at start-up (quick experiments, tests).
   c.data.source = "synthetic"
+  c.data.data_dir = ""  # TFDS data dir, or a dataset's version folder
+  c.data.dataset = ""  # e.g. "talking_heads/voxceleb2" when data_dir holds several
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  c.data.cycle_length = 16  # TFRecord shards read at once
+  c.data.shuffle_window = 1024  # TFRecord: videos in the shuffle window
+  c.data.prefetch = 4  # batches buffered per input worker
   c.data.num_train_videos = 4096
   c.data.num_eval_videos = 16
   c.data.frames_per_video = 32
@@ -41,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # spreads a video's frames over all its utterances, a video's frames differ in pose and mouth.
   c.data.frame_stride = 8
   c.data.seed = 0
-  c.data.workers = 2
+  c.data.workers = 2  # input worker processes (0: in the training process)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.vgg19_weight = 1.5e-1
@@ -67,7 +76,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.flip_prob = 0.5  # mirror whole episodes (on device, RNG folded in per step)
   c.train.log_every = 50
   c.train.checkpoint_every = 2000
-  c.train.keep_checkpoints = 3
+  c.train.keep_checkpoints = 3  # the newest N
+  c.train.keep_every = 50_000  # and every such step for good (0: none)
+  c.train.eval_every = 10_000  # FF SSIM/PSNR on held-out episodes (0: off; needs an eval split)
   c.train.sample_every = 2000
   c.train.mesh_shape = (-1,)  # devices along 'data'
   c.train.mesh_axes = ("data",)
@@ -81,4 +92,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.shots = (1, 8)
   c.eval.targets_per_video = 16
+  c.eval.hook_batches = 2  # batches of held-out episodes for train.eval_every
   return c

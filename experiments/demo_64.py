@@ -31,6 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_train_videos = 600
   c.data.num_eval_videos = 8
   c.data.frames_per_video = 32
+  # Episodes come from ArrayRecord shards, decoded on a thread in the training process: at 64 px a
+  # core decodes far more episodes per second than this 2-core machine trains on, and worker
+  # processes would compete with XLA for the cores.
+  c.data.workers = 0
 
   # Pixel L1 stands in for the perceptual loss (no VGG weights ship offline). L1 on [-1, 1] is small
   # (about 0.15 once training is under way), so a large weight keeps content the main term of the
@@ -51,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every = 25
   c.train.checkpoint_every = 500
   c.train.sample_every = 500
+  c.train.eval_every = 0  # the demo evaluates K = 1 and 8, FF and FT, after training
 
   c.finetune.steps = 60
   c.finetune.lr_g = 5e-4

@@ -36,6 +36,7 @@ TINY_OVERRIDES = [
     "train.sample_every=0",
     "finetune.steps=3",
     "data.frames_per_video=8",
+    "data.workers=0",
     "eval.targets_per_video=2",
 ]
 

@@ -20,7 +20,6 @@ def test_demo_writes_every_output(tmp_path, monkeypatch):
       "--config.data.num_train_videos=12",
       "--config.data.num_eval_videos=2",
       "--config.data.frames_per_video=16",
-      "--config.data.workers=1",
       "--config.finetune.steps=2",
   ]
   assert cli.main(["demo", "--workdir", str(workdir)] + overrides) == 0
@@ -48,3 +47,6 @@ def test_demo_writes_every_output(tmp_path, monkeypatch):
   assert saved["model"]["image_size"] == 32 and saved["runtime"]["num_videos"] == 12
   assert (workdir / "run" / "checkpoints" / "3").is_dir()
   assert (workdir / "run" / "metrics.jsonl").is_file()
+  # Training read its episodes from the synthetic builder's shards, not from memory.
+  assert list((workdir / "data").rglob("talking_heads-train.array_record-*"))
+  assert (workdir / "run" / "checkpoints" / "3" / "data").is_dir()  # the input's position

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import random_videos, tiny_config
+from fewshot_jax.data.episodes import EpisodeSource
 from fewshot_jax.evaluation import protocol
 from fewshot_jax.inference import finetune as inf
 from fewshot_jax.inference.run import load_run, load_tree, save_identity
@@ -18,7 +19,7 @@ def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
   cfg = tiny_config("train.steps=3", "train.checkpoint_every=2")
   frames, points = random_videos(8, 8, cfg.model.image_size)
-  result = train(cfg, workdir, frames, points)
+  result = train(cfg, workdir, EpisodeSource.from_arrays(frames, points))
   return workdir, cfg, result, frames, points
 
 
@@ -34,7 +35,7 @@ def test_checkpoint_reloads_the_ema_weights_and_config(trained):
 
 def test_rerun_resumes_instead_of_restarting(trained):
   workdir, cfg, _, frames, points = trained
-  more = train(tiny_config("train.steps=4"), workdir, frames, points)
+  more = train(tiny_config("train.steps=4"), workdir, EpisodeSource.from_arrays(frames, points))
   assert more.steps_run == 1 and int(more.state.step) == 4
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import random_videos, tiny_config
 from fewshot_jax.content import build_content_loss
-from fewshot_jax.data.episodes import EpisodeSampler
+from fewshot_jax.data import episodes
 from fewshot_jax.train import sharding as sh
 from fewshot_jax.train import state as st
 from fewshot_jax.train import step as step_lib
@@ -33,8 +33,8 @@ def _setup(cfg):
 
   step = jax.jit(counted, donate_argnums=0)
   frames, points = random_videos(NUM_VIDEOS, 8, cfg.model.image_size)
-  sampler = EpisodeSampler(frames, points, cfg.train.batch_size, cfg.train.k_shots, seed=0)
-  return state, step, content, sampler, traces
+  batches = iter(episodes.episode_dataset(episodes.EpisodeSource.from_arrays(frames, points), cfg))
+  return state, step, content, batches, traces
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +43,10 @@ def ft_setup():
 
 
 def test_traces_once_and_only_batch_rows_of_w_change(ft_setup):
-  state, step, content, sampler, traces = ft_setup
+  state, step, content, batches, traces = ft_setup
   state = jax.tree.map(np.array, jax.device_get(state))  # host copy; the step donates its input
   for i in range(3):
-    batch = sampler.batch(i)
+    batch = next(batches)
     before = jax.device_get(state)
     state, metrics = step(state, batch, content.params)
     after = jax.device_get(state)
@@ -66,8 +66,8 @@ def test_traces_once_and_only_batch_rows_of_w_change(ft_setup):
 def test_ff_variant_has_no_embedding_match():
   """With the adversarial terms off, only the embedding match could carry W into E and G."""
   cfg = tiny_config("train.variant=ff", "loss.adv_weight=0.0", "loss.fm_weight=0.0")
-  state, step, content, sampler, _ = _setup(cfg)
-  batch = sampler.batch(0)
+  state, step, content, batches, _ = _setup(cfg)
+  batch = next(batches)
   host = jax.device_get(state)
   table = host.vars.w["discriminator"]["W"]
   shifted = host.replace(vars=host.vars.replace(w={"discriminator": {"W": table + 1.0}}))
@@ -81,9 +81,9 @@ def test_ff_variant_has_no_embedding_match():
 
 
 def test_content_loss_falls_on_a_repeated_batch(ft_setup):
-  state, step, content, sampler, _ = ft_setup
+  state, step, content, batches, _ = ft_setup
   state = jax.tree.map(np.array, jax.device_get(state))
-  batch = sampler.batch(0)
+  batch = next(batches)
   losses = []
   for _ in range(25):
     state, m = step(state, batch, content.params)
@@ -104,14 +104,23 @@ def test_flip_augmentation_mirrors_frames_and_landmarks_together():
 
 def test_episode_targets_are_never_among_the_sources():
   frames = np.arange(6 * 10, dtype=np.uint8).reshape(6, 10, 1, 1, 1).repeat(3, -1)
+  frames = np.broadcast_to(frames, (6, 10, 16, 16, 3)).copy()
   points = np.zeros((6, 10, 68, 2), np.float32)
-  sampler = EpisodeSampler(frames, points, batch_size=4, k_shots=9, seed=1)
-  for step in range(20):
-    b = sampler.batch(step)
-    assert len(set(b["video_index"])) == 4
+  cfg = tiny_config("train.batch_size=4", "train.k_shots=9", "model.image_size=16")
+  source = episodes.EpisodeSource.from_arrays(frames, points)
+  ds = episodes.episode_dataset(source, cfg)
+  it = iter(ds)
+  seen = []
+  for _ in range(20):
+    b = next(it)
     src = b["frames"][..., 0, 0, 0]
     tgt = b["target"][..., 0, 0, 0]
     assert not (src == tgt[:, None]).any()
-    np.testing.assert_array_equal(sampler.batch(step)["frames"], b["frames"])  # pure in step
-  with pytest.raises(ValueError, match="k_shots"):
-    EpisodeSampler(frames, points, 2, 10, 0)
+    assert (src // 10 == b["video_index"][:, None]).all()  # every frame from the episode's video
+    seen.append(b["frames"])
+  again = iter(episodes.episode_dataset(source, cfg))  # a pure function of the seed
+  for frames_seen in seen:
+    np.testing.assert_array_equal(next(again)["frames"], frames_seen)
+  cfg.train.k_shots = 10
+  with pytest.raises(ValueError, match="needs 11 frames per video"):
+    episodes.episode_dataset(source, cfg)

@@ -14,6 +14,7 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
 
@@ -48,18 +49,66 @@ def cmd_demo(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   return 0
 
 
+def _init_distributed(args: argparse.Namespace) -> None:
+  """Joins a multi-process job when launched as one (flags, or JAX's environment on TPU pods).
+
+  ``jax.distributed.initialize`` must run before anything touches the devices. On Cloud TPU it
+  needs no arguments; elsewhere the coordinator's address, the process count and this process's id
+  come from the flags (or FEWSHOT_COORDINATOR / FEWSHOT_NUM_PROCESSES / FEWSHOT_PROCESS_ID).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+
+  coordinator = args.coordinator or os.environ.get("FEWSHOT_COORDINATOR")
+  num = args.num_processes or os.environ.get("FEWSHOT_NUM_PROCESSES")
+  pid = args.process_id if args.process_id is not None else os.environ.get("FEWSHOT_PROCESS_ID")
+  if not (args.multihost or coordinator):
+    return
+  jax.distributed.initialize(
+      coordinator_address=coordinator, num_processes=None if num is None else int(num),
+      process_id=None if pid is None else int(pid))
+  logging.getLogger("fewshot_jax").info(
+      "process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),
+      jax.local_device_count(), jax.device_count())
+
+
+def train_sources(cfg) -> tuple[Any, Any]:
+  """The training and held-out episode sources that ``cfg.data`` names."""
+  from fewshot_jax.data import episodes  # pylint: disable=g-import-not-at-top
+
+  dc = cfg.data
+  if dc.source == "shards":
+    if not dc.data_dir:
+      raise SystemExit("data.source='shards' needs --config.data.data_dir=DIR (a TFDS data dir)")
+    source = episodes.EpisodeSource.from_shards(dc.data_dir, dc.dataset, dc.train_split)
+    try:
+      held = episodes.EpisodeSource.from_shards(dc.data_dir, dc.dataset, dc.eval_split)
+    except KeyError:
+      held = None
+    return source, held
+  if dc.source == "synthetic":
+    from fewshot_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+
+    def render(seeds):
+      data = synthetic.make_dataset(list(seeds), dc.frames_per_video, cfg.model.image_size,
+                                    workers=dc.workers, progress=True,
+                                    frame_stride=dc.frame_stride)
+      return episodes.EpisodeSource.from_arrays(data["frames"], data["landmarks"])
+
+    off = synthetic.HELDOUT_SEED_OFFSET
+    held = render(range(off, off + dc.num_eval_videos)) if dc.num_eval_videos else None
+    return render(range(dc.num_train_videos)), held
+  raise SystemExit(f"data.source={dc.source!r}: expected 'shards' or 'synthetic'")
+
+
 def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-  from fewshot_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  _init_distributed(args)
   from fewshot_jax.train.loop import train  # pylint: disable=g-import-not-at-top
 
   cfg = _config(args, overrides)
-  if cfg.data.source != "synthetic":
-    raise SystemExit(f"data.source={cfg.data.source!r}: this build trains on 'synthetic' only")
-  data = synthetic.make_dataset(
-      list(range(cfg.data.num_train_videos)), cfg.data.frames_per_video, cfg.model.image_size,
-      workers=cfg.data.workers, progress=True, frame_stride=cfg.data.frame_stride)
-  result = train(cfg, args.workdir, data["frames"], data["landmarks"])
-  print(f"trained to step {int(result.state.step)}; checkpoints in {args.workdir}/checkpoints")
+  source, held = train_sources(cfg)
+  result = train(cfg, args.workdir, source, init=args.init, eval_source=held)
+  what = "preempted at" if result.preempted else "trained to"
+  print(f"{what} step {int(result.state.step)}; checkpoints in {args.workdir}/checkpoints")
   return 0
 
 
@@ -207,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
   p = sub.add_parser("train", help="meta-learn E, G and D; resumes from WORKDIR's checkpoint")
   p.add_argument("--config", required=True, help="config name or path[:arg]")
   p.add_argument("--workdir", required=True)
+  p.add_argument("--init", help="another run's workdir to start from (when WORKDIR has none)")
+  p.add_argument("--multihost", action="store_true",
+                 help="call jax.distributed.initialize() (Cloud TPU: no other flags needed)")
+  p.add_argument("--coordinator", help="host:port of process 0 (multi-process, not TPU)")
+  p.add_argument("--num-processes", type=int)
+  p.add_argument("--process-id", type=int)
   p.set_defaults(func=cmd_train)
 
   p = sub.add_parser("finetune", help="fit a new identity from K shots and save it")

@@ -21,8 +21,9 @@ import ml_collections
 import numpy as np
 
 from fewshot_jax import landmarks as lmk
-from fewshot_jax.atomic_files import atomic_path, write_text
+from fewshot_jax.atomic_files import write_text
 from fewshot_jax.data import synthetic
+from fewshot_jax.data.episodes import EpisodeSource
 from fewshot_jax.evaluation import protocol
 from fewshot_jax.images import to_uint8
 from fewshot_jax.train.loop import train
@@ -30,26 +31,47 @@ from fewshot_jax.visualize import grid, save_gif, save_mp4, save_png
 
 log = logging.getLogger("fewshot_jax")
 
-EVAL_SEED_OFFSET = 1_000_000  # held-out identities: seeds never used for training
 DRIVER_MOTION_SEED = 7_777_777
 VIDEO_FPS = 15
 
 
-def _dataset(cfg: ml_collections.ConfigDict, seeds: range, cache: pathlib.Path) -> dict[str, np.ndarray]:
-  """Synthetic videos for ``seeds``, cached in ``cache`` (npz, no pickle) for re-runs."""
-  key = (f"{seeds.start}-{seeds.stop}-{cfg.data.frames_per_video}-{cfg.model.image_size}-"
-         f"{cfg.data.frame_stride}-{synthetic.GENERATOR_VERSION}")
-  if cache.exists():
-    with np.load(cache, allow_pickle=False) as z:
-      if str(z["key"]) == key:
-        return {k: z[k] for k in ("frames", "landmarks", "identity")}
-  data = synthetic.make_dataset(
-      list(seeds), cfg.data.frames_per_video, cfg.model.image_size, workers=cfg.data.workers,
-      progress=True, frame_stride=cfg.data.frame_stride,
-  )
-  with atomic_path(cache) as tmp:
-    np.savez(tmp, key=np.asarray(key), **data)
-  return data
+def build_shards(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> pathlib.Path:
+  """The demo's synthetic videos as ArrayRecord shards, through the data-prep TFDS builder.
+
+  The config name encodes everything that shapes the data, so a re-run (or a changed generator)
+  reuses or rebuilds it automatically. ArrayRecord rather than TFRecord because TFDS writes
+  ArrayRecord without TensorFlow, which the demo does not install.
+  """
+  from fewshot_jax.prep import tfds_builder  # pylint: disable=g-import-not-at-top
+
+  dc, size = cfg.data, cfg.model.image_size
+  name = (f"demo_{size}px_{dc.num_train_videos}v_{dc.num_eval_videos}h_{dc.frames_per_video}f_"
+          f"s{dc.frame_stride}_g{synthetic.GENERATOR_VERSION}")
+  config = tfds_builder.TalkingHeadsConfig(
+      name=name, source="synthetic", image_size=size, num_train_videos=dc.num_train_videos,
+      num_test_videos=dc.num_eval_videos, frames_per_video=dc.frames_per_video,
+      frame_stride=dc.frame_stride, description="fewshot-jax demo")
+  builder = tfds_builder.TalkingHeads(config=config, data_dir=str(data_dir),
+                                      file_format="array_record")
+  builder.download_and_prepare()  # a no-op when this config is already built
+  return pathlib.Path(builder.data_dir)
+
+
+def read_split(directory: pathlib.Path, split: str) -> dict[str, np.ndarray]:
+  """A whole split decoded into arrays, in ``video_index`` order (for evaluation)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  from fewshot_jax.data import shards  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.prep import jpeg  # pylint: disable=g-import-not-at-top
+
+  parse = shards.RecordParser(directory)
+  raw = tfds.builder_from_directory(str(directory)).as_data_source(split).data_source
+  videos = sorted((parse(raw[i]) for i in range(len(raw))), key=lambda v: v["video_index"])
+  return {
+      "frames": np.stack([np.stack([jpeg.decode(f) for f in v["frames"]]) for v in videos]),
+      "landmarks": np.stack([v["landmarks"] for v in videos]),
+      "keys": np.asarray([v["key"] for v in videos]),
+  }
 
 
 def check_margins(results: dict[str, Any]) -> dict[str, bool]:
@@ -71,13 +93,19 @@ def run_demo(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   workdir.mkdir(parents=True, exist_ok=True)
   size = cfg.model.image_size
 
-  log.info("generating %d training and %d held-out synthetic videos", cfg.data.num_train_videos,
+  log.info("synthetic shards: %d training and %d held-out videos", cfg.data.num_train_videos,
            cfg.data.num_eval_videos)
-  train_data = _dataset(cfg, range(cfg.data.num_train_videos), workdir / "data" / "train.npz")
-  held_seeds = range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + cfg.data.num_eval_videos)
-  held = _dataset(cfg, held_seeds, workdir / "data" / "heldout.npz")
+  dataset_dir = build_shards(cfg, workdir / "data")
+  held = read_split(dataset_dir, "test")
+  held_seeds = range(synthetic.HELDOUT_SEED_OFFSET,
+                     synthetic.HELDOUT_SEED_OFFSET + cfg.data.num_eval_videos)
+  expected_keys = [f"synthetic/{s}" for s in held_seeds]
+  if held["keys"].tolist() != expected_keys:
+    raise RuntimeError(f"{dataset_dir}: held-out split holds {held['keys'][:3]}..., expected "
+                       f"{expected_keys[:3]}...")
 
-  result = train(cfg, workdir / "run", train_data["frames"], train_data["landmarks"])
+  source = EpisodeSource.from_shards(str(dataset_dir), split="train")
+  result = train(cfg, workdir / "run", source)
   state = jax.device_get(result.state)
   v = state.vars.replace(g=state.ema_g)
 

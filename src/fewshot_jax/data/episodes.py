@@ -1,58 +1,203 @@
-"""Episodes for meta-learning: K source frames and one target frame from one video.
+"""Episodes for meta-learning, as a grain pipeline: videos -> K shots + 1 target -> batches.
 
-Sampling is a pure function of (seed, step), so a resumed run draws exactly the batches it would
-have drawn had it never stopped, with no iterator state to save.
+One pipeline serves every source. A source yields videos (``frames``: JPEG bytes or uint8
+arrays, ``landmarks [T, 68, 2]``, ``video_index``, ``key``):
+
+* **TFRecord shards** (data prep's default): ``TFRecordIterDataset`` per shard, interleaved over
+  ``cycle_length`` shards, then a window shuffle. Shard order is reshuffled every epoch.
+* **ArrayRecord shards**: random access (``tfds`` data source), so a global shuffle per epoch.
+* **Videos in memory** (tests, the synthetic quick path): random access, a global shuffle.
+
+Each process reads its own slice (shards, or records for random access) and builds the *local*
+part of the global batch; ``global_batch`` turns it into sharded global arrays. Episode sampling
+uses grain's per-element RNG (seeded by ``data.seed``), so the stream is a pure function of the
+seed and the position, and the iterator's state, saved with each checkpoint, resumes it exactly.
+
+A video that cannot be decoded is logged by key and skipped; the run goes on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import grain
+import jax
+from grain import experimental as gx
+import ml_collections
 import numpy as np
 
+from fewshot_jax.data import shards
 
-class EpisodeSampler:
-  """Draws batches of episodes from in-memory videos.
+log = logging.getLogger("fewshot_jax")
 
-  A batch holds ``batch_size`` distinct videos (each is one row of D's table W); per video, ``K + 1``
-  distinct frames of which the last is the target, so the target is never among the K sources.
+Batch = dict[str, np.ndarray]
+
+
+def _decode(frame: Any) -> np.ndarray:
+  if isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3:
+    return frame
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(frame)) as im:
+    return np.asarray(im.convert("RGB"))
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeMaker:
+  """A video -> one episode: ``k_shots`` source frames and a target that is not among them.
+
+  Only the K + 1 chosen frames are decoded. Returns None (and logs the video's key) for a video
+  that is too short or does not decode, so one bad record does not stop a long run.
   """
 
-  def __init__(
-      self,
-      frames: np.ndarray,
-      landmarks: np.ndarray,
-      batch_size: int,
-      k_shots: int,
-      seed: int,
-  ):
-    """Args:
-      frames: ``uint8 [V, T, H, W, 3]``.
-      landmarks: ``float32 [V, T, 68, 2]``.
-      batch_size: videos per batch (at most V).
-      k_shots: source frames per episode (at most T - 1).
-      seed: sampling seed.
-    """
-    v, t = frames.shape[:2]
-    if landmarks.shape[:2] != (v, t):
-      raise ValueError(f"frames {frames.shape[:2]} and landmarks {landmarks.shape[:2]} disagree")
-    if batch_size > v:
-      raise ValueError(f"batch_size={batch_size} exceeds the number of videos ({v})")
-    if k_shots + 1 > t:
-      raise ValueError(f"k_shots={k_shots} needs at least {k_shots + 1} frames per video, have {t}")
-    self.frames, self.landmarks = frames, landmarks
-    self.batch_size, self.k_shots, self.seed = batch_size, k_shots, seed
+  k_shots: int
+  image_size: int
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """The batch for ``step``: frames, landmarks, target, target_landmarks, video_index."""
-    rng = np.random.default_rng([self.seed, step])
-    v, t = self.frames.shape[:2]
-    vids = rng.choice(v, self.batch_size, replace=False)
-    picks = np.argsort(rng.random((self.batch_size, t)), axis=1)[:, : self.k_shots + 1]
-    frames = self.frames[vids[:, None], picks]
-    points = self.landmarks[vids[:, None], picks]
+  def __call__(self, video: Mapping[str, Any], rng: np.random.Generator) -> Batch | None:
+    key = video.get("key", "?")
+    frames, points = video["frames"], video["landmarks"]
+    t = len(frames)
+    if t < self.k_shots + 1 or points.shape[0] != t:
+      log.warning("skipping video %s: %d frames and %d landmark rows, an episode needs %d",
+                  key, t, points.shape[0], self.k_shots + 1)
+      return None
+    picks = rng.choice(t, self.k_shots + 1, replace=False)
+    try:
+      images = np.stack([_decode(frames[i]) for i in picks])
+    except Exception as e:  # pylint: disable=broad-except  (PIL raises many types)
+      log.warning("skipping video %s: a frame does not decode: %s", key, e)
+      return None
+    if images.shape[1:] != (self.image_size, self.image_size, 3):
+      log.warning("skipping video %s: frames are %s, expected %d x %d x 3", key,
+                  images.shape[1:], self.image_size, self.image_size)
+      return None
+    lm = points[picks].astype(np.float32)
     return {
-        "frames": frames[:, :-1],
-        "landmarks": points[:, :-1].astype(np.float32),
-        "target": frames[:, -1],
-        "target_landmarks": points[:, -1].astype(np.float32),
-        "video_index": vids.astype(np.int32),
+        "frames": images[:-1],
+        "landmarks": lm[:-1],
+        "target": images[-1],
+        "target_landmarks": lm[-1],
+        "video_index": np.int32(video["video_index"]),
     }
+
+
+class InMemoryVideos:
+  """Random access over videos held in arrays: ``frames [V, T, H, W, 3]``, ``landmarks [V, T, 68, 2]``;
+  row ``i`` is W's row ``i``."""
+
+  def __init__(self, frames: np.ndarray, landmarks: np.ndarray):
+    if frames.ndim != 5 or landmarks.shape[:2] != frames.shape[:2]:
+      raise ValueError(f"frames {frames.shape} and landmarks {landmarks.shape}: expected "
+                       "[V, T, H, W, 3] and [V, T, 68, 2]")
+    self.frames, self.landmarks = frames, landmarks
+
+  def __len__(self) -> int:
+    return self.frames.shape[0]
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return {"frames": self.frames[i], "landmarks": self.landmarks[i], "video_index": i,
+            "key": f"video/{i}"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeSource:
+  """Where training videos come from, and how many rows W needs."""
+
+  kind: str  # "tfrecord", "array_record" or "memory"
+  num_videos: int
+  image_size: int
+  split: shards.Split | None = None
+  videos: InMemoryVideos | None = None
+
+  @classmethod
+  def from_arrays(cls, frames: np.ndarray, landmarks: np.ndarray) -> "EpisodeSource":
+    videos = InMemoryVideos(frames, landmarks)
+    return cls("memory", len(videos), frames.shape[2], videos=videos)
+
+  @classmethod
+  def from_shards(cls, data_dir: str, dataset: str = "", split: str = "train") -> "EpisodeSource":
+    s = shards.open_split(shards.find_dataset_dir(data_dir, dataset), split)
+    return cls(s.file_format, s.num_examples, s.image_size, split=s)
+
+
+def local_batch_size(global_batch: int, process_count: int) -> int:
+  if global_batch % process_count:
+    raise ValueError(f"train.batch_size={global_batch} does not split over {process_count} "
+                     "processes")
+  return global_batch // process_count
+
+
+def episode_dataset(
+    source: EpisodeSource,
+    cfg: ml_collections.ConfigDict,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+  """This process's endless stream of local batches (``train.batch_size / process_count`` each).
+
+  Batch layout: ``frames uint8 [b, K, H, W, 3]``, ``landmarks f32 [b, K, 68, 2]``,
+  ``target uint8 [b, H, W, 3]``, ``target_landmarks f32 [b, 68, 2]``, ``video_index i32 [b]``.
+  """
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  dc = cfg.data
+  if source.image_size != cfg.model.image_size:
+    where = source.split.directory if source.split else "the in-memory videos"
+    raise ValueError(f"{where}: frames are {source.image_size} px, model.image_size is "
+                     f"{cfg.model.image_size}")
+  batch = local_batch_size(cfg.train.batch_size, pc)
+  k = int(cfg.train.k_shots)
+  if source.videos is not None and source.videos.frames.shape[1] < k + 1:
+    raise ValueError(f"train.k_shots={k} needs {k + 1} frames per video; the in-memory videos "
+                     f"have {source.videos.frames.shape[1]}")
+  seed = int(dc.seed)
+  if source.kind == "tfrecord":
+    files = list(source.split.files)
+    mine = files[pi::pc]
+    if not mine:
+      raise ValueError(f"{source.split.directory}: {len(files)} shards for {pc} processes; "
+                       "rebuild with at least one shard per process")
+    per_epoch = grain.MapDataset.source(mine).shuffle(seed=seed).repeat(None)
+    readers = per_epoch.map(gx.TFRecordIterDataset)
+    ds = gx.InterleaveIterDataset(readers, cycle_length=min(int(dc.cycle_length), len(mine)))
+    ds = gx.WindowShuffleIterDataset(ds, window_size=int(dc.shuffle_window), seed=seed)
+    ds = ds.map(source.split.parser())
+  else:
+    if source.kind == "array_record":
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      builder = tfds.builder_from_directory(str(source.split.directory))
+      raw = builder.as_data_source(source.split.split).data_source  # bytes; we parse
+      records = grain.MapDataset.source(raw).map(source.split.parser())
+    elif source.kind == "memory":
+      records = grain.MapDataset.source(source.videos)
+    else:
+      raise ValueError(f"unknown episode source kind {source.kind!r}")
+    if len(records) < pc:
+      raise ValueError(f"{len(records)} videos for {pc} processes")
+    records = records[pi::pc]
+    ds = records.shuffle(seed=seed).repeat(None).to_iter_dataset()
+  maker = EpisodeMaker(k, int(cfg.model.image_size))
+  ds = ds.random_map(maker, seed=seed + 1).filter(lambda e: e is not None)
+  # Skipping a bad video is fine; a dataset of mostly bad videos is a broken run: grain raises
+  # once more than half of a window of 1000 videos was skipped (each one logged by key above).
+  ds = gx.WithOptionsIterDataset(ds, gx.DatasetOptions(filter_raise_threshold_ratio=0.5))
+  ds = ds.batch(batch, drop_remainder=True)
+  if int(dc.workers) > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we do not use absl.app
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(dc.workers),
+                                                     per_worker_buffer_size=int(dc.prefetch)))
+  elif int(dc.prefetch) > 0:
+    # In-process: a thread still overlaps JPEG decoding (which releases the GIL) with the step.
+    ds = gx.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=int(dc.prefetch))
+  return ds
+
+
+def global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:
+  """Each process's local batch -> global arrays split along the batch axis (also on 1 process)."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items()}

@@ -30,6 +30,8 @@ from PIL import Image, ImageDraw
 NUM_LANDMARKS = 68
 # Bumped whenever the rendering of a given seed changes, so caches of rendered videos are rebuilt.
 GENERATOR_VERSION = 2
+# Held-out identities (evaluation, the test split) use seeds from here on; training uses 0..N-1.
+HELDOUT_SEED_OFFSET = 1_000_000
 _SS = 2  # supersampling factor of the renderer
 # Template units -> fraction of the frame. 0.315 makes the landmarks' bounding box about 1/1.8 of
 # the frame (median over identities and poses), which is what the data-prep crop (the landmark box

@@ -33,7 +33,6 @@ from fewshot_jax.prep import jpeg, landmark_cache
 
 log = logging.getLogger("fewshot_jax")
 
-SYNTHETIC_TEST_SEED_OFFSET = 1_000_000  # as the demo: held-out identities never seen in training
 
 
 class TalkingHeadsConfig(tfds.core.BuilderConfig):
@@ -111,8 +110,8 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if cfg.source == "synthetic":
       splits = {"train": range(cfg.num_train_videos)}
       if cfg.num_test_videos:
-        splits["test"] = range(SYNTHETIC_TEST_SEED_OFFSET,
-                               SYNTHETIC_TEST_SEED_OFFSET + cfg.num_test_videos)
+        from fewshot_jax.data.synthetic import HELDOUT_SEED_OFFSET as off  # pylint: disable=g-import-not-at-top
+        splits["test"] = range(off, off + cfg.num_test_videos)
       return {name: self._generate_examples("synthetic", seeds) for name, seeds in splits.items()}
     cache = pathlib.Path(dl_manager.manual_dir)
     paths = self._readable_entries(cache)

@@ -1,8 +1,17 @@
 """The meta-learning loop, in the order a reader expects (big_vision style):
-mesh -> input -> model and state (restored or created sharded) -> jitted step -> loop with
-logging, sample grids and checkpoints.
+mesh -> input -> model and state (restored, initialised from another run, or created sharded) ->
+jitted step -> loop with logging, sample grids, evaluation and checkpoints.
 
-Metrics are fetched one step late, so the host never waits for the device just to print.
+Behaviour a long run relies on:
+
+* Metrics are fetched one step late, so the host never waits for the device just to print.
+* A NaN or Inf in any loss stops the run with the step and the loss names; a checkpoint is only
+  written after its step's losses were checked, so the last checkpoint is always a good one.
+* SIGTERM (a TPU preemption notice) saves a checkpoint at the current step, waits for it to be on
+  disk and returns normally; the job exits 0 and the next launch resumes. With several processes
+  all of them agree on the step through JAX's preemption sync point.
+* A checkpoint holds the state, the input iterator's position and the config, so a resumed run
+  draws exactly the batches it would have drawn.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import logging
 import math
 import os
 import pathlib
+import signal
 import time
 from typing import Any
 
@@ -25,7 +35,7 @@ from flax import nnx
 from fewshot_jax import config as config_lib
 from fewshot_jax.atomic_files import write_text
 from fewshot_jax.content import ContentLoss, build_content_loss
-from fewshot_jax.data.episodes import EpisodeSampler
+from fewshot_jax.data import episodes
 from fewshot_jax.images import to_uint8
 from fewshot_jax.progress import Progress
 from fewshot_jax.train import checkpoint as ckpt_lib
@@ -36,6 +46,8 @@ from fewshot_jax.train.metrics_log import MetricLog
 
 log = logging.getLogger("fewshot_jax")
 
+EVAL_HOOK_SEED = 12345  # the held-out episodes of the periodic evaluation
+
 
 @dataclasses.dataclass
 class TrainResult:
@@ -45,6 +57,7 @@ class TrainResult:
   config: ml_collections.ConfigDict  # the run config, runtime facts included
   steps_run: int
   train_seconds: float
+  preempted: bool = False
 
 
 def run_config(
@@ -57,6 +70,7 @@ def run_config(
   out.runtime.content_loss = content.description
   out.runtime.jax_version = jax.__version__
   out.runtime.devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
+  out.runtime.processes = jax.process_count()
   return out
 
 
@@ -74,66 +88,160 @@ def make_sample_fn(graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict):
   return jax.jit(sample)
 
 
-def _sample_grid(sample_fn, state, batch, image_size: int, rows: int = 4) -> np.ndarray:
+def _sample_grid(fake: np.ndarray, batch: dict[str, np.ndarray], image_size: int,
+                 rows: int = 4) -> np.ndarray:
   """sources | target landmarks | generated (EMA, feed-forward) | target, one row per episode."""
   from fewshot_jax import landmarks as lmk  # pylint: disable=g-import-not-at-top
   from fewshot_jax.visualize import grid  # pylint: disable=g-import-not-at-top
 
-  fake = to_uint8(sample_fn(state, batch))
-  batch = jax.device_get(batch)
   out = []
   for i in range(min(rows, fake.shape[0])):
     lm = to_uint8(lmk.rasterize(batch["target_landmarks"][i], image_size) * 2 - 1)
-    sources = list(batch["frames"][i][:4])
-    out.append(sources + [lm, fake[i], batch["target"][i]])
+    out.append(list(batch["frames"][i][:4]) + [lm, fake[i], batch["target"][i]])
   return grid(out)
+
+
+class _Preemption:
+  """Whether the job was told to stop (SIGTERM), agreed across processes."""
+
+  def __init__(self):
+    self.multi = jax.process_count() > 1
+    self.requested = False
+    self._previous = None
+    if not self.multi:  # with several processes JAX's coordination service watches SIGTERM
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+  def _on_signal(self, signum, frame) -> None:
+    del signum, frame
+    log.warning("SIGTERM: saving a checkpoint after this step, then exiting")
+    self.requested = True
+
+  def reached(self, step: int) -> bool:
+    if self.multi:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.requested
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(step: int, values: dict[str, Any]) -> None:
+  bad = {k: float(v) for k, v in values.items() if not math.isfinite(float(v))}
+  if bad:
+    names = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+    raise FloatingPointError(
+        f"non-finite loss at step {step}: {names}; the run stopped, and its last checkpoint "
+        "(written before this step) is intact")
+
+
+def _initial_state(
+    cfg: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    num_videos: int,
+    ckpts: ckpt_lib.Checkpoints,
+    init: str | None,
+) -> tuple[st.TrainState, int, Any, dict[str, Any] | None]:
+  """Restore order: this workdir's latest checkpoint, then ``init`` (another run), then fresh.
+
+  ``init`` takes the other run's E, G, D, spectral state and EMA weights (and W when it has the
+  same videos), with fresh optimiser moments, from step 0.
+  """
+  init_fn = functools.partial(st.init_train_state, cfg, num_videos)
+  rng = jax.random.PRNGKey(cfg.seed)
+  abstract_state = jax.eval_shape(init_fn, rng)
+  shardings = sh.state_shardings(mesh, abstract_state)
+  if ckpts.latest_step() is not None:
+    state, start = ckpts.restore(ckpt_lib.abstract_with_shardings(abstract_state, shardings))
+    log.info("resumed from step %d in %s", start, ckpts.directory)
+    return state, start, shardings, ckpts.restore_data_state(start)
+  fresh = jax.jit(init_fn, out_shardings=shardings)(rng)
+  if not init:
+    return fresh, 0, shardings, None
+  source = ckpt_lib.Checkpoints(init, read_only=True)
+  their_cfg = source.restore_config()
+  mismatch = {k: (cfg.model[k], their_cfg.model.get(k)) for k in cfg.model
+              if cfg.model[k] != their_cfg.model.get(k)}
+  if mismatch:
+    rows = "; ".join(f"model.{k}: this run {a!r}, {init} {b!r}" for k, (a, b) in mismatch.items())
+    raise ValueError(f"--init {init}: incompatible model config ({rows})")
+  their_videos = int(their_cfg.runtime.num_videos)
+  their_abstract = jax.eval_shape(
+      functools.partial(st.init_train_state, cfg, their_videos), rng)
+  loaded, step = source.restore(ckpt_lib.abstract_with_shardings(
+      their_abstract, sh.state_shardings(mesh, their_abstract)))
+  w = loaded.vars.w if their_videos == num_videos else fresh.vars.w
+  state = fresh.replace(
+      vars=fresh.vars.replace(g=loaded.vars.g, d=loaded.vars.d, sn=loaded.vars.sn, w=w),
+      ema_g=loaded.ema_g)
+  log.info("initialised from %s step %d (W %s)", init, step,
+           "kept" if w is loaded.vars.w else f"fresh: {their_videos} videos there, {num_videos} here")
+  return state, 0, shardings, None
+
+
+def _eval_batches(source: episodes.EpisodeSource, cfg: ml_collections.ConfigDict,
+                  batches: int) -> list[dict[str, np.ndarray]]:
+  """A fixed set of held-out episodes, the same in every process and at every evaluation."""
+  eval_cfg = ml_collections.ConfigDict(cfg.to_dict())
+  eval_cfg.data.workers = 0
+  eval_cfg.data.seed = EVAL_HOOK_SEED
+  eval_cfg.train.batch_size = min(cfg.train.batch_size, source.num_videos)
+  it = iter(episodes.episode_dataset(source, eval_cfg, process_index=0, process_count=1))
+  return [next(it) for _ in range(batches)]
+
+
+def _fetch(x: jax.Array) -> np.ndarray:
+  """A global array on the host of every process (also when it is split over processes)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
 
 
 def train(
     cfg: ml_collections.ConfigDict,
     workdir: str | os.PathLike,
-    frames: np.ndarray,
-    points: np.ndarray,
+    source: episodes.EpisodeSource,
+    init: str | None = None,
+    eval_source: episodes.EpisodeSource | None = None,
 ) -> TrainResult:
-  """Meta-learns E, G and D on in-memory videos, resuming from ``workdir`` if it has a checkpoint.
+  """Meta-learns E, G and D; resumes from ``workdir`` if it has a checkpoint.
 
   Args:
     cfg: the full config.
     workdir: run directory (checkpoints, metrics.jsonl, tb/, samples/, config.json).
-    frames: uint8 ``[V, T, H, W, 3]``, one row per training video (row i is W's row i).
-    points: float32 ``[V, T, 68, 2]`` landmarks.
+    source: the training videos (shards or in memory); W gets one row per video.
+    init: another run's workdir to start from when this one has no checkpoint yet.
+    eval_source: held-out videos for the periodic SSIM/PSNR hook (``train.eval_every``).
 
   Returns:
     The final state and what is needed to use it.
   """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  num_videos = frames.shape[0]
+  tc = cfg.train
+  num_videos = source.num_videos
 
   # Mesh and input.
   mesh = sh.make_mesh(cfg)
-  sampler = EpisodeSampler(frames, points, cfg.train.batch_size, cfg.train.k_shots, cfg.data.seed)
   batch_sharding = sh.batch_sharding(mesh)
+  dataset = episodes.episode_dataset(source, cfg)
 
-  # Model, content loss and state shardings.
+  # Model, content loss, state.
   content = build_content_loss(cfg.loss)
   log.info("content loss: %s", content.description)
   saved_cfg = run_config(cfg, num_videos, content)
-  write_text(workdir / "config.json", config_lib.to_json(saved_cfg))
+  if jax.process_index() == 0:
+    write_text(workdir / "config.json", config_lib.to_json(saved_cfg))
   graphdef, _ = st.abstract_model(cfg, num_videos)
-  init_fn = functools.partial(st.init_train_state, cfg, num_videos)
-  rng = jax.random.PRNGKey(cfg.seed)
-  abstract_state = jax.eval_shape(init_fn, rng)
-  shardings = sh.state_shardings(mesh, abstract_state)
-
-  # State: the workdir's latest checkpoint, else a fresh sharded init.
-  ckpts = ckpt_lib.Checkpoints(workdir, keep=cfg.train.keep_checkpoints)
-  if ckpts.latest_step() is not None:
-    state, start = ckpts.restore(ckpt_lib.abstract_with_shardings(abstract_state, shardings))
-    log.info("resumed from step %d in %s", start, ckpts.directory)
-  else:
-    state = jax.jit(init_fn, out_shardings=shardings)(rng)
-    start = 0
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=tc.keep_checkpoints, keep_every=tc.keep_every)
+  state, start, shardings, data_state = _initial_state(cfg, mesh, num_videos, ckpts, init)
+  iterator = iter(dataset)
+  if data_state is not None:
+    iterator.set_state(data_state)
+  elif start:
+    log.warning("checkpoint %d has no input state: the input restarts from its beginning", start)
 
   # The step.
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -143,50 +251,88 @@ def train(
       out_shardings=(shardings, replicated),
       donate_argnums=0,
   )
+  sample_fn = make_sample_fn(graphdef, cfg) if (tc.sample_every or tc.eval_every) else None
+  eval_every = int(tc.eval_every) if eval_source is not None else 0
+  eval_set = _eval_batches(eval_source, cfg, int(cfg.eval.hook_batches)) if eval_every else []
 
-  sample_fn = make_sample_fn(graphdef, cfg) if cfg.train.sample_every else None
   metric_log = MetricLog(workdir)
-  total = cfg.train.steps
+  total = tc.steps
   progress = Progress(total, "train", "steps", start=start)
+  preemption = _Preemption()
   pending: tuple[int, Any] | None = None
   t0 = time.perf_counter()
-  step = start
-  sample_dir = workdir / "samples"
-  for step in range(start, total):
-    batch = jax.device_put(sampler.batch(step), batch_sharding)
-    state, metrics = step_fn(state, batch, content.params)
-    if pending is not None:
-      done_step, done_metrics = pending
-      values = jax.device_get(done_metrics)
-      if any(not math.isfinite(float(x)) for x in values.values()):
-        raise FloatingPointError(f"non-finite loss at step {done_step}: {values}")
-      if done_step % cfg.train.log_every == 0 or done_step == total:
-        rate = progress.rate
-        metric_log.scalars(done_step, {**values, "perf/steps_per_sec": rate,
-                                       "perf/images_per_sec": rate * cfg.train.batch_size})
-      extra = f"G {values['g/total']:.3f} content {values['g/content']:.3f} D {values['d/hinge']:.3f}"
-      progress.update(1, extra)
-    pending = (step + 1, metrics)
-    done = step + 1
-    if cfg.train.sample_every and done % cfg.train.sample_every == 0:
-      from fewshot_jax.visualize import save_png  # pylint: disable=g-import-not-at-top
+  done = start
+  preempted = False
 
-      image = _sample_grid(sample_fn, state, batch, cfg.model.image_size)
-      save_png(sample_dir / f"step_{done:07d}.png", image)
-      metric_log.image(done, "samples", image)
-    if done % cfg.train.checkpoint_every == 0 and done < total:
-      ckpts.save(done, state, saved_cfg)
-  if pending is not None:
-    values = jax.device_get(pending[1])
-    metric_log.scalars(pending[0], values)
-    progress.update(1, f"G {values['g/total']:.3f} D {values['d/hinge']:.3f}", force=True)
-  train_seconds = time.perf_counter() - t0
-  if total > start or ckpts.latest_step() is None:
-    ckpts.save(total, state, saved_cfg)
-  ckpts.close()
-  metric_log.close()
-  (workdir / "train_summary.json").write_text(json.dumps({
-      "steps": total, "resumed_from": start, "train_seconds": train_seconds,
-      "steps_per_sec": (total - start) / train_seconds if total > start else None,
-  }, indent=2))
-  return TrainResult(state, graphdef, content, saved_cfg, total - start, train_seconds)
+  def report(step: int, metrics: Any, force: bool = False) -> None:
+    values = jax.device_get(metrics)
+    _check_finite(step, values)
+    rate = progress.rate
+    if step % tc.log_every == 0 or step == total or force:
+      metric_log.write_scalars(step, {**values, "perf/steps_per_sec": rate,
+                                      "perf/images_per_sec": rate * tc.batch_size})
+    progress.update(1, f"{rate * tc.batch_size:.1f} img/s G {values['g/total']:.3f} "
+                       f"content {values['g/content']:.3f} D {values['d/hinge']:.3f}", force=force)
+
+  try:
+    for step in range(start, total):
+      local = next(iterator)
+      batch = episodes.global_batch(local, batch_sharding)
+      state, metrics = step_fn(state, batch, content.params)
+      if pending is not None:
+        report(*pending)
+      done = step + 1
+      pending = (done, metrics)
+      if tc.sample_every and done % tc.sample_every == 0:
+        from fewshot_jax.visualize import save_png  # pylint: disable=g-import-not-at-top
+        fake = to_uint8(_fetch(sample_fn(state, batch)))
+        image = _sample_grid(fake, local, cfg.model.image_size)
+        if jax.process_index() == 0:
+          save_png(workdir / "samples" / f"step_{done:07d}.png", image)
+        metric_log.write_images(done, {"samples": image})
+      if eval_every and done % eval_every == 0:
+        metric_log.write_scalars(done, _evaluate(sample_fn, state, eval_set))
+      preempted = preemption.reached(done)
+      if preempted or (done % tc.checkpoint_every == 0 and done < total):
+        report(*pending)  # a checkpoint is written only after its losses were checked
+        pending = None
+        ckpts.save(done, state, saved_cfg, iterator.get_state(), wait=preempted)
+      if preempted:
+        log.warning("preempted: saved step %d in %s", done, ckpts.directory)
+        break
+    if pending is not None:
+      report(*pending, force=True)
+    train_seconds = time.perf_counter() - t0
+    if not preempted and (total > start or ckpts.latest_step() is None):
+      ckpts.save(total, state, saved_cfg, iterator.get_state())
+  finally:
+    preemption.close()
+    ckpts.close()
+    metric_log.close()
+    close = getattr(iterator, "close", None)
+    if close is not None:
+      close()
+  if jax.process_index() == 0:
+    write_text(workdir / "train_summary.json", json.dumps({
+        "steps": done, "resumed_from": start, "train_seconds": train_seconds,
+        "steps_per_sec": (done - start) / train_seconds if done > start else None,
+        "preempted": preempted,
+    }, indent=2))
+  return TrainResult(state, graphdef, content, saved_cfg, done - start, train_seconds, preempted)
+
+
+def _evaluate(sample_fn, state, eval_set) -> dict[str, float]:
+  """Feed-forward SSIM and PSNR (EMA weights) on the fixed held-out episodes.
+
+  Every process holds the same episodes, so they enter the step as replicated inputs.
+  """
+  from fewshot_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top
+  ssim, psnr = [], []
+  for local in eval_set:
+    fake = _fetch(sample_fn(state, local)).astype(np.float32)
+    fake01 = np.clip((fake + 1) / 2, 0, 1)
+    real01 = np.asarray(local["target"], np.float32) / 255.0
+    ssim.append(np.asarray(metrics.ssim(fake01, real01)))
+    psnr.append(np.asarray(metrics.psnr(fake01, real01)))
+  return {"eval/ssim": float(np.mean(np.concatenate(ssim))),
+          "eval/psnr": float(np.mean(np.concatenate(psnr)))}
