@@ -148,43 +148,16 @@ def episode_dataset(
     where = source.split.directory if source.split else "the in-memory videos"
     raise ValueError(f"{where}: frames are {source.image_size} px, model.image_size is "
                      f"{cfg.model.image_size}")
-  batch = local_batch_size(cfg.train.batch_size, pc)
+  local = local_batch_size(cfg.train.batch_size, pc)
   k = int(cfg.train.k_shots)
   if source.videos is not None and source.videos.frames.shape[1] < k + 1:
     raise ValueError(f"train.k_shots={k} needs {k + 1} frames per video; the in-memory videos "
                      f"have {source.videos.frames.shape[1]}")
-  seed = int(dc.seed)
-  if source.kind == "tfrecord":
-    files = list(source.split.files)
-    mine = files[pi::pc]
-    if not mine:
-      raise ValueError(f"{source.split.directory}: {len(files)} shards for {pc} processes; "
-                       "rebuild with at least one shard per process")
-    per_epoch = grain.MapDataset.source(mine).shuffle(seed=seed).repeat(None)
-    readers = per_epoch.map(gx.TFRecordIterDataset)
-    ds = gx.InterleaveIterDataset(readers, cycle_length=min(int(dc.cycle_length), len(mine)))
-    ds = gx.WindowShuffleIterDataset(ds, window_size=int(dc.shuffle_window), seed=seed)
-    ds = ds.map(source.split.parser())
-  else:
-    if source.kind == "array_record":
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      builder = tfds.builder_from_directory(str(source.split.directory))
-      raw = builder.as_data_source(source.split.split).data_source  # bytes; we parse
-      records = grain.MapDataset.source(raw).map(source.split.parser())
-    elif source.kind == "memory":
-      records = grain.MapDataset.source(source.videos)
-    else:
-      raise ValueError(f"unknown episode source kind {source.kind!r}")
-    if len(records) < pc:
-      raise ValueError(f"{len(records)} videos for {pc} processes")
-    records = records[pi::pc]
-    ds = records.shuffle(seed=seed).repeat(None).to_iter_dataset()
   maker = EpisodeMaker(k, int(cfg.model.image_size))
-  ds = ds.random_map(maker, seed=seed + 1).filter(lambda e: e is not None)
-  # Skipping a bad video is fine; a dataset of mostly bad videos is a broken run: grain raises
-  # once more than half of a window of 1000 videos was skipped (each one logged by key above).
-  ds = gx.WithOptionsIterDataset(ds, gx.DatasetOptions(filter_raise_threshold_ratio=0.5))
-  ds = ds.batch(batch, drop_remainder=True)
+  if source.kind == "tfrecord":
+    ds = _tfrecord_batches(source.split, cfg, maker, local, pi, pc)
+  else:
+    ds = _random_access_batches(source, cfg, maker, local, pi)
   if int(dc.workers) > 0:
     from absl import flags  # pylint: disable=g-import-not-at-top
     if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; we do not use absl.app
@@ -195,6 +168,84 @@ def episode_dataset(
     # In-process: a thread still overlaps JPEG decoding (which releases the GIL) with the step.
     ds = gx.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=int(dc.prefetch))
   return ds
+
+
+def _tfrecord_batches(split: shards.Split, cfg: ml_collections.ConfigDict, maker: EpisodeMaker,
+                      local: int, pi: int, pc: int) -> grain.IterDataset:
+  """Sequential reading: this process's shards, reshuffled each epoch, interleaved ``cycle_length``
+  at a time, then a window shuffle. The stream depends on the process and worker counts (each
+  reads its own shards); random-access formats do not have that limit."""
+  dc = cfg.data
+  seed = int(dc.seed)
+  files = list(split.files)
+  mine = files[pi::pc]
+  workers = max(1, int(dc.workers))
+  if len(mine) < workers:
+    raise ValueError(f"{split.directory}: {len(files)} TFRecord shards give process {pi} of {pc} "
+                     f"{len(mine)}, fewer than data.workers={workers}; rebuild with more shards "
+                     "or use fewer workers")
+  per_epoch = grain.MapDataset.source(mine).shuffle(seed=seed).repeat(None)
+  ds = gx.InterleaveIterDataset(per_epoch.map(gx.TFRecordIterDataset),
+                                cycle_length=min(int(dc.cycle_length), len(mine)))
+  ds = gx.WindowShuffleIterDataset(ds, window_size=int(dc.shuffle_window), seed=seed)
+  ds = ds.map(split.parser()).random_map(maker, seed=seed + 1).filter(lambda e: e is not None)
+  # Skipping a bad video is fine; a dataset of mostly bad videos is a broken run: grain raises
+  # once more than half of a window of 1000 videos was skipped (each one logged by key).
+  ds = gx.WithOptionsIterDataset(ds, gx.DatasetOptions(filter_raise_threshold_ratio=0.5))
+  return ds.batch(local, drop_remainder=True)
+
+
+class _GlobalBatches:
+  """Local batch ``b`` of a global stream that is the same for any process or worker count.
+
+  Global position ``g`` holds video ``perm[g]`` (a fresh shuffle of all videos each epoch) with an
+  episode drawn from ``rng(seed, g)``. Global batch ``b`` is positions ``b*B .. b*B+B-1``, and
+  process ``p`` builds rows ``p*b_local .. (p+1)*b_local - 1`` of it, reading only those videos.
+  A video that fails is replaced by the next one in storage order, deterministically.
+  """
+
+  def __init__(self, records: grain.MapDataset, maker: EpisodeMaker, seed: int,
+               global_size: int, local: int, process_index: int):
+    self.records, self.maker, self.seed = records, maker, seed
+    self.perm = grain.MapDataset.range(len(records)).shuffle(seed=seed).repeat(None)
+    self.global_size, self.local, self.offset = global_size, local, process_index * local
+
+  def _episode(self, g: int) -> Batch:
+    index = self.perm[g]
+    rng = np.random.default_rng([self.seed, g])
+    for attempt in range(_MAX_REPLACEMENTS):
+      episode = self.maker(self.records[(index + attempt) % len(self.records)], rng)
+      if episode is not None:
+        return episode
+    raise RuntimeError(f"{_MAX_REPLACEMENTS} videos in a row from storage index {index} could "
+                       "not make an episode (see the warnings above); is the dataset broken?")
+
+  def __call__(self, b: int) -> Batch:
+    start = b * self.global_size + self.offset
+    rows = [self._episode(start + j) for j in range(self.local)]
+    return {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+
+
+_MAX_REPLACEMENTS = 16
+_ENDLESS = 2**62  # batches: a MapDataset needs a length; this one is never reached
+
+
+def _random_access_batches(source: EpisodeSource, cfg: ml_collections.ConfigDict,
+                           maker: EpisodeMaker, local: int, pi: int) -> grain.IterDataset:
+  """ArrayRecord shards or in-memory videos: a global shuffle, batches independent of how many
+  processes or workers build them (the multi-host test relies on it)."""
+  if source.kind == "array_record":
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = tfds.builder_from_directory(str(source.split.directory))
+    raw = builder.as_data_source(source.split.split).data_source  # bytes; parsed here
+    records = grain.MapDataset.source(raw).map(source.split.parser())
+  elif source.kind == "memory":
+    records = grain.MapDataset.source(source.videos)
+  else:
+    raise ValueError(f"unknown episode source kind {source.kind!r}")
+  batches = _GlobalBatches(records, maker, int(cfg.data.seed), int(cfg.train.batch_size), local,
+                           pi)
+  return grain.MapDataset.range(_ENDLESS).map(batches).to_iter_dataset()
 
 
 def global_batch(local: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict:

@@ -198,9 +198,12 @@ class ResDown(nnx.Module):
   def __init__(
       self, in_ch: int, out_ch: int, *, norm: bool, first: bool = False, rngs: nnx.Rngs
   ):
-    self.conv1 = SNConv(in_ch, out_ch, 3, rngs=rngs)
-    self.conv2 = SNConv(out_ch, out_ch, 3, rngs=rngs)
-    self.skip = SNConv(in_ch, out_ch, 1, rngs=rngs)
+    # With norms (G), convs have no bias: in G every per-channel constant added before the final
+    # AdaIN is removed by a later (Ada)IN (residual paths included), so a bias there has no effect
+    # and a gradient that is zero up to rounding, which Adam turns into a random walk.
+    self.conv1 = SNConv(in_ch, out_ch, 3, use_bias=not norm, rngs=rngs)
+    self.conv2 = SNConv(out_ch, out_ch, 3, use_bias=not norm, rngs=rngs)
+    self.skip = SNConv(in_ch, out_ch, 1, use_bias=not norm, rngs=rngs)
     self.norm = norm
     self.first = first
 
@@ -232,8 +235,8 @@ class ResAdaIN(nnx.Module):
   """Residual block at constant resolution whose two norms are AdaIN."""
 
   def __init__(self, ch: int, *, rngs: nnx.Rngs):
-    self.conv1 = SNConv(ch, ch, 3, rngs=rngs)
-    self.conv2 = SNConv(ch, ch, 3, rngs=rngs)
+    self.conv1 = SNConv(ch, ch, 3, use_bias=False, rngs=rngs)  # no biases in G: see ResDown
+    self.conv2 = SNConv(ch, ch, 3, use_bias=False, rngs=rngs)
     self.adain_channels: tuple[int, ...] = (ch, ch)
 
   def __call__(self, x: jax.Array, p: Sequence[jax.Array]) -> jax.Array:
@@ -249,9 +252,9 @@ class ResUpAdaIN(nnx.Module):
   """
 
   def __init__(self, in_ch: int, out_ch: int, *, rngs: nnx.Rngs):
-    self.conv1 = SNConv(in_ch, out_ch, 3, rngs=rngs)
-    self.conv2 = SNConv(out_ch, out_ch, 3, rngs=rngs)
-    self.skip = SNConv(in_ch, out_ch, 1, rngs=rngs)
+    self.conv1 = SNConv(in_ch, out_ch, 3, use_bias=False, rngs=rngs)  # no biases in G: see ResDown
+    self.conv2 = SNConv(out_ch, out_ch, 3, use_bias=False, rngs=rngs)
+    self.skip = SNConv(in_ch, out_ch, 1, use_bias=False, rngs=rngs)
     self.adain_channels: tuple[int, ...] = (in_ch, out_ch)
 
   def __call__(self, x: jax.Array, p: Sequence[jax.Array]) -> jax.Array:
