@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import pathlib
 import signal
 import socket
@@ -248,7 +249,9 @@ def test_two_processes_follow_the_one_process_loss_trajectory(tmp_path):
   """2 processes x 2 CPU devices against 1 process x 4 devices, on the same global batches."""
   overrides = [f"--config.{o}" for o in TINY_OVERRIDES + [
       "data.source='synthetic'", "data.num_train_videos=8", "data.num_eval_videos=0",
-      "train.steps=4", "train.checkpoint_every=100", "train.eval_every=0"]]
+      "train.steps=4", "train.checkpoint_every=100", "train.eval_every=0",
+      # The paper's optimiser: see test_eight_devices_match_one_device on rounding and Adam.
+      "train.lr_g=5e-5", "train.lr_d=2e-4", "train.b1=0.0"]]
   base = [sys.executable, "-m", "fewshot_jax.cli", "train", "--config", "demo_64"]
   single = tmp_path / "single"
   _run(base + ["--workdir", str(single)] + overrides, devices=4)
@@ -265,21 +268,30 @@ def test_two_processes_follow_the_one_process_loss_trajectory(tmp_path):
   assert sorted(a) == sorted(b) == [1, 2, 3, 4]
   for step in a:
     for name in a[step]:
-      np.testing.assert_allclose(b[step][name], a[step][name], rtol=1e-5, err_msg=name)
+      # The losses agree to 1e-5 relative. The mean scores r_real and r_fake are not losses: sums
+      # of O(1) scores that pass near zero, compared in absolute terms.
+      tol = {"atol": 1e-5} if "/r_" in name else {"rtol": 1e-5}
+      np.testing.assert_allclose(b[step][name], a[step][name], err_msg=f"{name}, step {step}",
+                                 **tol)
   saved = json.loads((multi / "config.json").read_text())
   assert saved["runtime"]["processes"] == 2 and saved["runtime"]["devices"] == "4 x cpu"
 
 
 def test_a_nan_stops_the_run_naming_step_and_loss_and_keeps_good_checkpoints(tmp_path):
+  frames, points = random_videos(8, 8, 32)
+  source = EpisodeSource.from_arrays(frames, points)
+  train(tiny_config("train.steps=2", "train.eval_every=0"), tmp_path, source)
+  # The run goes on with an absurd learning rate: its first update makes the state non-finite.
   cfg = tiny_config("train.steps=6", "train.checkpoint_every=1", "train.lr_g=1e35",
                     "train.lr_d=1e35", "train.eval_every=0")
-  frames, points = random_videos(8, 8, cfg.model.image_size)
-  with pytest.raises(FloatingPointError, match=r"non-finite loss at step (\d+): .*(g|d)/") as e:
-    train(cfg, tmp_path, EpisodeSource.from_arrays(frames, points))
-  bad_step = int(str(e.value).split("step ")[1].split(":")[0])
+  with pytest.raises(FloatingPointError, match=r"non-finite (loss|parameters) (at|after) step") as e:
+    train(cfg, tmp_path, source)
+  assert re.search(r"(g|d)/\w+=|vars|opt", str(e.value)), e.value  # names the loss or array
+  bad_step = int(re.search(r"step (\d+)", str(e.value)).group(1))
+  assert bad_step == 3
   steps = ckpt_lib.Checkpoints(tmp_path, read_only=True).all_steps()
-  assert steps and max(steps) < bad_step
-  for leaf in jax.tree.leaves(_state(tmp_path, max(steps))):
-    leaf = np.asarray(leaf)
-    if leaf.dtype.kind == "f":
-      assert np.isfinite(leaf).all()
+  assert max(steps) == 2  # the last good one, still the latest
+  for step in steps:  # every checkpoint written is a good one
+    for leaf in jax.tree.leaves(_state(tmp_path, step)):
+      leaf = np.asarray(leaf)
+      assert leaf.dtype.kind != "f" or np.isfinite(leaf).all()

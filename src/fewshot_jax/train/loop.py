@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -134,6 +135,25 @@ def _check_finite(step: int, values: dict[str, Any]) -> None:
     raise FloatingPointError(
         f"non-finite loss at step {step}: {names}; the run stopped, and its last checkpoint "
         "(written before this step) is intact")
+
+
+@jax.jit
+def _finite_leaves(state: st.TrainState) -> Any:
+  """Per float leaf of the state: are all its values finite?"""
+  return jax.tree.map(lambda x: jnp.isfinite(x).all() if jnp.issubdtype(x.dtype, jnp.floating)
+                      else jnp.bool_(True), state)
+
+
+def _check_state_finite(step: int, state: st.TrainState) -> None:
+  """Losses are computed before a step's update, so a finite loss does not prove the updated
+  state finite; this does, before the state is written as a checkpoint."""
+  flags = jax.device_get(_finite_leaves(state))
+  bad = [jax.tree_util.keystr(path) for path, ok in jax.tree_util.tree_leaves_with_path(flags)
+         if not ok]
+  if bad:
+    raise FloatingPointError(
+        f"non-finite parameters after step {step} in {len(bad)} arrays (first: {bad[0]}); the run "
+        "stopped, and its last checkpoint (written before this step) is intact")
 
 
 def _initial_state(
@@ -296,6 +316,7 @@ def train(
       if preempted or (done % tc.checkpoint_every == 0 and done < total):
         report(*pending)  # a checkpoint is written only after its losses were checked
         pending = None
+        _check_state_finite(done, state)  # ... and its parameters
         ckpts.save(done, state, saved_cfg, iterator.get_state(), wait=preempted)
       if preempted:
         log.warning("preempted: saved step %d in %s", done, ckpts.directory)
