@@ -50,7 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # spreads a video's frames over all its utterances, a video's frames differ in pose and mouth.
   c.data.frame_stride = 8
   c.data.seed = 0
-  c.data.workers = 2  # input worker processes (0: in the training process)
+  # Input worker processes (grain mp_prefetch); 0 decodes on a thread in the trainer. 0 by
+  # default: with worker processes over ArrayRecord, grain 0.2.18 hung now and then on this
+  # machine (docs/architecture.md); raise it where decoding is the bottleneck and watch the rate.
+  c.data.workers = 0
 
   c.loss = ml_collections.ConfigDict()
   c.loss.vgg19_weight = 1.5e-1

@@ -31,10 +31,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.data.num_train_videos = 600
   c.data.num_eval_videos = 8
   c.data.frames_per_video = 32
-  # Episodes come from ArrayRecord shards, decoded on a thread in the training process: at 64 px a
-  # core decodes far more episodes per second than this 2-core machine trains on, and worker
-  # processes would compete with XLA for the cores.
-  c.data.workers = 0
+  # Episodes come from ArrayRecord shards, decoded on a thread in the training process (base.py's
+  # default): at 64 px one core decodes far more episodes per second than this machine trains on.
 
   # Pixel L1 stands in for the perceptual loss (no VGG weights ship offline). L1 on [-1, 1] is small
   # (about 0.15 once training is under way), so a large weight keeps content the main term of the

@@ -195,10 +195,11 @@ graphdef, _ = st.abstract_model(cfg, num_videos)
 content = build_content_loss(cfg.loss)
 init = functools.partial(st.init_train_state, cfg, num_videos)
 
-def run(devices):
+def run(devices, cfg=cfg):
   mesh = sh.make_mesh(cfg, devices)
   shardings = sh.state_shardings(mesh, jax.eval_shape(init, jax.random.PRNGKey(0)))
   table = shardings.vars.w["discriminator"]["W"]
+  split = sum(1 for s in jax.tree.leaves(shardings) if sh.FSDP_AXIS in tuple(s.spec))
   state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
   bs = sh.batch_sharding(mesh)
   rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -208,21 +209,32 @@ def run(devices):
   for b in batches:
     state, m = step(state, episodes.global_batch(b, bs), content.params)
     losses.append(float(m["g/total"]))
-  return jax.device_get(state), losses, table.spec == jax.sharding.PartitionSpec("data")
+  rows = table.spec == jax.sharding.PartitionSpec(sh.batch_axes(mesh))
+  return jax.device_get(state), losses, rows, split
 
-s8, l8, spec8 = run(jax.devices())
-s1, l1, _ = run(jax.devices()[:1])
+s8, l8, spec8, _ = run(jax.devices())
+s1, l1, _, _ = run(jax.devices()[:1])
+# FSDP: a 4 x 2 mesh whose second axis also splits the parameters (the tiny model's arrays are
+# small, so the size threshold comes down to make them eligible).
+sh.FSDP_MIN_SIZE = 256
+fsdp_cfg = tiny_config("train.batch_size=8", "train.flip_prob=0.5", "train.lr_g=5e-5",
+                       "train.lr_d=2e-4", "train.b1=0.0", "train.mesh_shape=(4, 2)",
+                       "train.mesh_axes=('data', 'fsdp')")
+sf, lf, specf, split = run(jax.devices(), fsdp_cfg)
 def flat(s):
   return np.concatenate([np.ravel(x) for x in jax.tree.leaves((s.vars.g, s.vars.d, s.vars.w))])
-a, b = flat(s8).astype(np.float64), flat(s1).astype(np.float64)
+a, b, f = (flat(x).astype(np.float64) for x in (s8, s1, sf))
 print(json.dumps({"relative": float(np.linalg.norm(a - b) / np.linalg.norm(b)),
+                  "relative_fsdp": float(np.linalg.norm(f - b) / np.linalg.norm(b)),
                   "max_abs": float(np.abs(a - b).max()), "params": int(a.size),
-                  "losses8": l8, "losses1": l1, "w_rows_split": spec8}))
+                  "losses8": l8, "losses1": l1, "losses_fsdp": lf, "w_rows_split": spec8,
+                  "w_rows_split_fsdp": specf, "fsdp_split_arrays": split}))
 """
 
 
 def test_eight_devices_match_one_device():
-  """3 steps on a mesh of 8 CPU devices and on 1, same global batches: E, G, D and W agree.
+  """3 steps on a mesh of 8 CPU devices (data parallel, and 4 data x 2 fsdp) and on 1, same
+  global batches: E, G, D and W agree.
 
   Measured as ||params_8 - params_1|| / ||params_1|| (all parameters as one vector), with the
   paper's optimiser. Reductions run in a different order on 8 devices, and Adam divides by the
@@ -237,6 +249,10 @@ def test_eight_devices_match_one_device():
   assert result["w_rows_split"]  # W's rows are split over the 8 devices
   assert result["relative"] < 1e-5, result
   np.testing.assert_allclose(result["losses8"], result["losses1"], rtol=1e-5)
+  # The same with parameters split over an fsdp axis (4 data x 2 fsdp).
+  assert result["w_rows_split_fsdp"] and result["fsdp_split_arrays"] > 20, result
+  assert result["relative_fsdp"] < 1e-5, result
+  np.testing.assert_allclose(result["losses_fsdp"], result["losses1"], rtol=1e-5)
 
 
 def _free_port() -> int:

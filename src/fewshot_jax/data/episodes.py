@@ -195,6 +195,30 @@ def _tfrecord_batches(split: shards.Split, cfg: ml_collections.ConfigDict, maker
   return ds.batch(local, drop_remainder=True)
 
 
+class _ArrayRecords:
+  """Random access to a split's serialized records, opened lazily in each process.
+
+  The reader is opened on first use and never pickled: a reader opened in the trainer and then
+  shipped to grain's worker processes (with its thread pool) intermittently deadlocked them.
+  """
+
+  def __init__(self, split: shards.Split):
+    self.split, self._reader = split, None
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {"split": self.split, "_reader": None}
+
+  def __len__(self) -> int:
+    return self.split.num_examples
+
+  def __getitem__(self, index: int) -> bytes:
+    if self._reader is None:
+      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+      builder = tfds.builder_from_directory(str(self.split.directory))
+      self._reader = builder.as_data_source(self.split.split).data_source  # bytes; parsed here
+    return self._reader[index]
+
+
 class _GlobalBatches:
   """Local batch ``b`` of a global stream that is the same for any process or worker count.
 
@@ -235,10 +259,7 @@ def _random_access_batches(source: EpisodeSource, cfg: ml_collections.ConfigDict
   """ArrayRecord shards or in-memory videos: a global shuffle, batches independent of how many
   processes or workers build them (the multi-host test relies on it)."""
   if source.kind == "array_record":
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    builder = tfds.builder_from_directory(str(source.split.directory))
-    raw = builder.as_data_source(source.split.split).data_source  # bytes; parsed here
-    records = grain.MapDataset.source(raw).map(source.split.parser())
+    records = grain.MapDataset.source(_ArrayRecords(source.split)).map(source.split.parser())
   elif source.kind == "memory":
     records = grain.MapDataset.source(source.videos)
   else:
