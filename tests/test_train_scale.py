@@ -174,6 +174,17 @@ def test_a_half_written_checkpoint_is_never_the_latest(straight, tmp_path):
   assert ckpt_lib.Checkpoints(workdir, read_only=True).latest_step() == 2 * K
 
 
+def test_keeps_the_newest_checkpoints_and_every_kth_for_good(tmp_path):
+  cfg = tiny_config()
+  ckpts = ckpt_lib.Checkpoints(tmp_path, keep=2, keep_every=3, async_save=False)
+  for step in range(1, 9):
+    ckpts.save(step, {"x": np.full((2,), step, np.float32)}, cfg, {"next_index": step})
+  ckpts.close()
+  kept = ckpt_lib.Checkpoints(tmp_path, read_only=True)
+  assert kept.all_steps() == [3, 6, 7, 8]
+  assert kept.restore_data_state(6) == {"next_index": 6}
+
+
 _EQUIVALENCE = """
 import json, sys
 import jax, numpy as np
