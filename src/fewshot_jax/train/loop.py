@@ -325,6 +325,7 @@ def train(
       report(*pending, force=True)
     train_seconds = time.perf_counter() - t0
     if not preempted and (total > start or ckpts.latest_step() is None):
+      _check_state_finite(total, state)
       ckpts.save(total, state, saved_cfg, iterator.get_state())
   finally:
     preemption.close()
