@@ -29,6 +29,7 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/synthetic.py
 	$(VENV)/bin/python benchmarks/prep.py
+	$(VENV)/bin/python benchmarks/input.py --workers 0
 
 clean-venv:
 	rm -rf $(VENV)
