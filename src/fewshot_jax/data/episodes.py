@@ -19,7 +19,6 @@ A video that cannot be decoded is logged by key and skipped; the run goes on.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +30,7 @@ import ml_collections
 import numpy as np
 
 from fewshot_jax.data import shards
+from fewshot_jax.prep import jpeg
 
 log = logging.getLogger("fewshot_jax")
 
@@ -38,11 +38,10 @@ Batch = dict[str, np.ndarray]
 
 
 def _decode(frame: Any) -> np.ndarray:
+  """A frame as uint8 ``[H, W, 3]``: in-memory videos hold arrays, shards hold JPEG bytes."""
   if isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3:
     return frame
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(io.BytesIO(frame)) as im:
-    return np.asarray(im.convert("RGB"))
+  return jpeg.decode(frame)
 
 
 @dataclasses.dataclass(frozen=True)
