@@ -6,6 +6,7 @@ file under the final name.
 
 from __future__ import annotations
 
+import fractions
 import pathlib
 from collections.abc import Sequence
 
@@ -35,28 +36,64 @@ def save_png(path: str | pathlib.Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(tmp, format="PNG")
 
 
+class Mp4Writer:
+  """Writes uint8 ``[H, W, 3]`` frames one at a time as H.264 (yuv420p, so every player opens it).
+
+  The file appears under its name only when the writer closes without an error; a failed or
+  interrupted write leaves no half-written video. Use as a context manager.
+  """
+
+  def __init__(self, path: str | pathlib.Path, fps: float, upscale: int = 1):
+    self.path, self.fps, self.upscale = pathlib.Path(path), fps, upscale
+    self.frames = 0
+    self._atomic = atomic_path(self.path)
+    self._container = None
+    self._stream = None
+
+  def __enter__(self) -> "Mp4Writer":
+    import av  # pylint: disable=g-import-not-at-top
+
+    tmp = self._atomic.__enter__()
+    self._container = av.open(tmp, mode="w", format="mp4")
+    return self
+
+  def write(self, frame: np.ndarray) -> None:
+    import av  # pylint: disable=g-import-not-at-top
+
+    if self.upscale > 1:
+      frame = frame.repeat(self.upscale, axis=0).repeat(self.upscale, axis=1)
+    h, w = frame.shape[:2]
+    if h % 2 or w % 2:  # yuv420p needs even sizes
+      frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)))
+    if self._stream is None:
+      # Rates as fractions keep 29.97 fps drivers in sync with their audio-less copies.
+      rate = fractions.Fraction(self.fps).limit_denominator(1001)
+      self._stream = self._container.add_stream("libx264", rate=rate)
+      self._stream.width, self._stream.height = frame.shape[1], frame.shape[0]
+      self._stream.pix_fmt = "yuv420p"
+      self._stream.options = {"crf": "18"}
+    for packet in self._stream.encode(av.VideoFrame.from_ndarray(
+        np.ascontiguousarray(frame), format="rgb24")):
+      self._container.mux(packet)
+    self.frames += 1
+
+  def __exit__(self, exc_type, exc, tb) -> None:
+    try:
+      if exc_type is None and self._stream is not None:
+        for packet in self._stream.encode():
+          self._container.mux(packet)
+    finally:
+      self._container.close()
+      self._atomic.__exit__(exc_type, exc, tb)
+
+
 def save_mp4(
     path: str | pathlib.Path, frames: np.ndarray, fps: float, upscale: int = 1
 ) -> None:
-  """Writes uint8 ``[T, H, W, 3]`` frames as H.264 (yuv420p, so every player can open it)."""
-  import av  # pylint: disable=g-import-not-at-top
-
-  path = pathlib.Path(path)
-  if upscale > 1:
-    frames = frames.repeat(upscale, axis=1).repeat(upscale, axis=2)
-  t, h, w, _ = frames.shape
-  if h % 2 or w % 2:  # yuv420p needs even sizes
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-  with atomic_path(path) as tmp, av.open(tmp, mode="w", format="mp4") as container:
-    stream = container.add_stream("libx264", rate=round(fps))
-    stream.width, stream.height = frames.shape[2], frames.shape[1]
-    stream.pix_fmt = "yuv420p"
-    stream.options = {"crf": "18"}
+  """Writes uint8 ``[T, H, W, 3]`` frames as H.264."""
+  with Mp4Writer(path, fps, upscale) as writer:
     for frame in frames:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+      writer.write(frame)
 
 
 def save_gif(path: str | pathlib.Path, frames: np.ndarray, fps: float, upscale: int = 1) -> None:

@@ -1,11 +1,19 @@
-"""Loading a trained run, and saving/loading fitted identities (safetensors + JSON, never pickle)."""
+"""Loading a trained run's weights for inference, without importing any training code.
+
+A run directory holds ``config.json`` and Orbax checkpoints of the whole train state (optimiser
+moments, the per-video table W, ...). Inference needs only E's and G's weights (the EMA copy by
+default), D's weights (fine-tuning trains against D) and the spectral-norm vectors, so only those
+are read (an Orbax partial restore): W alone is ``num_videos x 512`` floats, 300 MB on VoxCeleb2,
+and the Adam moments are twice the parameters. The table is replaced by one zero row, which no
+inference path reads (fine-tuning projects onto ``w0 + ê``, never onto a row of W).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -14,78 +22,126 @@ import numpy as np
 from flax import nnx
 
 from fewshot_jax import config as config_lib
-from fewshot_jax.atomic_files import atomic_path, write_text
-from fewshot_jax.models.talking_head import ModelVars
+from fewshot_jax.inference.tensors import flat_paths, like
+from fewshot_jax.models.talking_head import ModelVars, abstract_model
+
+
+class IncompatibleCheckpoint(ValueError):
+  """A checkpoint whose arrays do not fit the model its config (or the caller) describes."""
 
 
 @dataclasses.dataclass
 class LoadedRun:
+  """A run's inference weights on the host.
+
+  Attributes:
+    graphdef: the model's static graph (built for a one-row table W).
+    vars: the weights by role; ``vars.g`` is the EMA copy of E and G unless loaded otherwise.
+    config: the run's config, with any overrides applied.
+    step: the checkpoint's step.
+    workdir: the run directory.
+  """
+
   graphdef: nnx.GraphDef
-  vars: ModelVars  # E and G are the EMA weights unless loaded with use_ema=False
+  vars: ModelVars
   config: ml_collections.ConfigDict
   step: int
+  workdir: pathlib.Path
 
 
-def load_run(workdir: str | os.PathLike, use_ema: bool = True, step: int | None = None) -> LoadedRun:
-  """Restores a run's checkpoint (latest by default) from ``workdir`` onto the host."""
-  from fewshot_jax.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.train import state as st  # pylint: disable=g-import-not-at-top
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+  """Finished checkpoint steps in ``workdir/checkpoints``, oldest first.
+
+  Orbax writes a step into a temporary directory and renames it to the bare step number when it
+  is complete, so only all-digit directory names count; a save cut short is never picked up.
+  """
+  root = pathlib.Path(workdir) / "checkpoints"
+  if not root.is_dir():
+    return []
+  return sorted(int(p.name) for p in root.iterdir()
+                if p.name.isdigit() and (p / "state").is_dir())
+
+
+def check_shapes(where: str, expected: Any, found: Any) -> None:
+  """Raises ``IncompatibleCheckpoint`` listing every array whose presence or shape differs.
+
+  Args:
+    where: what ``found`` was read from (named in the error).
+    expected: a pytree of arrays or ShapeDtypeStructs the model needs.
+    found: the same kind of pytree (or Orbax metadata) read from storage.
+  """
+  want, have = flat_paths(expected), flat_paths(found)
+  problems = [f"{k}: expected {tuple(want[k].shape)}, found "
+              + (f"{tuple(have[k].shape)}" if k in have else "nothing")
+              for k in sorted(want) if k not in have or tuple(have[k].shape) != tuple(want[k].shape)]
+  problems += [f"{k}: not in the model, found {tuple(have[k].shape)}"
+               for k in sorted(set(have) - set(want))]
+  if problems:
+    shown = "\n  ".join(problems[:8])
+    more = f"\n  ... and {len(problems) - 8} more" if len(problems) > 8 else ""
+    raise IncompatibleCheckpoint(
+        f"{where} does not match the model of its config ({len(problems)} arrays differ); was "
+        f"it written with another config, or were model.* overrides given?\n  {shown}{more}")
+
+
+def load_run(
+    workdir: str | os.PathLike,
+    use_ema: bool = True,
+    step: int | None = None,
+    overrides: Sequence[str] = (),
+) -> LoadedRun:
+  """Reads a run's inference weights (latest checkpoint by default) onto the host.
+
+  Args:
+    workdir: a run directory written by ``fewshot-jax train`` or ``demo``.
+    use_ema: E and G from the EMA copy (what the paper evaluates) rather than the raw weights.
+    step: a checkpoint step; default the latest.
+    overrides: ``key=value`` config overrides (``finetune.*`` for instance); ``model.*`` overrides
+      that change shapes are reported as an incompatible checkpoint.
+
+  Raises:
+    FileNotFoundError: ``workdir`` has no config.json or no finished checkpoint.
+    IncompatibleCheckpoint: the arrays do not fit the config's model (expected vs found shapes).
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
   cfg_path = workdir / "config.json"
   if not cfg_path.is_file():
     raise FileNotFoundError(f"{workdir} is not a run directory: no config.json")
-  cfg = config_lib.from_json(cfg_path.read_text())
-  num_videos = cfg.runtime.num_videos
-  graphdef, _ = st.abstract_model(cfg, num_videos)
-  abstract = jax.eval_shape(lambda k: st.init_train_state(cfg, num_videos, k),
-                            jax.random.PRNGKey(0))
-  ckpts = ckpt_lib.Checkpoints(workdir, async_save=False)
-  try:
-    state, step = ckpts.restore(abstract, step)
-  finally:
-    ckpts.close()
-  v = state.vars.replace(g=state.ema_g) if use_ema else state.vars
-  return LoadedRun(graphdef=graphdef, vars=jax.device_get(v), config=cfg, step=step)
+  cfg = config_lib.apply_overrides(config_lib.from_json(cfg_path.read_text()), list(overrides))
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"{workdir}: no finished checkpoint in {workdir / 'checkpoints'}")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f"{workdir}: no checkpoint for step {step} (found {steps})")
+  path = (workdir / "checkpoints" / str(step) / "state").absolute()
 
+  graphdef, abstract = abstract_model(cfg, 1)
+  expected = {"d": abstract.d, "sn": abstract.sn, "g": abstract.g}
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(path).item_metadata.tree
+  if "vars" not in meta or "ema_g" not in meta:
+    raise IncompatibleCheckpoint(f"{path}: not a fewshot_jax train state (top-level keys "
+                                 f"{sorted(meta)})")
+  found = {"d": meta["vars"]["d"], "sn": meta["vars"]["sn"],
+           "g": meta["ema_g"] if use_ema else meta["vars"]["g"]}
+  check_shapes(str(path), expected, found)
 
-def _flatten(tree: Any) -> dict[str, np.ndarray]:
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    key = "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
-    flat[key] = np.asarray(leaf)
-  return flat
-
-
-def save_tree(path: str | os.PathLike, tree: Any, metadata: dict[str, str] | None = None) -> None:
-  """Writes a pytree's leaves to safetensors, keyed by their paths, atomically."""
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-
-  with atomic_path(path) as tmp:
-    save_file(_flatten(tree), tmp, metadata=metadata)
-
-
-def load_tree(path: str | os.PathLike, like: Any) -> Any:
-  """Reads a pytree saved by ``save_tree`` into the structure of ``like``, checking every leaf."""
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"no such file: {path}")
-  data = load_file(str(path))
-  expected = _flatten(like)
-  missing = sorted(set(expected) - set(data))
-  if missing:
-    raise ValueError(f"{path}: missing tensors {missing[:5]} (and {max(0, len(missing) - 5)} more)")
-  for k, ref in expected.items():
-    if data[k].shape != ref.shape:
-      raise ValueError(f"{path}: tensor {k} has shape {data[k].shape}, expected {ref.shape}")
-  leaves = [data[k] for k in expected]
-  return jax.tree.unflatten(jax.tree.structure(like), leaves)
-
-
-def save_identity(directory: str | os.PathLike, fs: Any, info: dict[str, Any]) -> None:
-  """A fitted identity: ``identity.safetensors`` (ψ', G, D weights) and ``identity.json``."""
-  directory = pathlib.Path(directory)
-  save_tree(directory / "identity.safetensors", fs)
-  write_text(directory / "identity.json", json.dumps(info, indent=2))
+  wanted = {"vars": {"d": meta["vars"]["d"], "sn": meta["vars"]["sn"]}}
+  if use_ema:
+    wanted["ema_g"] = meta["ema_g"]
+  else:
+    wanted["vars"]["g"] = meta["vars"]["g"]
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=wanted, restore_args=restore_args, partial_restore=True))
+  table = abstract.w["discriminator"]["W"]
+  v = ModelVars(w={"discriminator": {"W": np.zeros(table.shape, table.dtype)}},
+                d=restored["vars"]["d"], sn=restored["vars"]["sn"],
+                g=restored["ema_g"] if use_ema else restored["vars"]["g"])
+  # Orbax hands back plain dicts (integer keys as strings); rebuild the model's own structure.
+  return LoadedRun(graphdef=graphdef, vars=like(abstract, v), config=cfg, step=step,
+                   workdir=workdir)

@@ -92,3 +92,11 @@ def merge_model(graphdef: nnx.GraphDef, v: ModelVars) -> TalkingHeadModel:
 def spectral_state(model: TalkingHeadModel) -> Any:
   """The spectral-norm vectors of a (just run) model, as a pure dict."""
   return split_model(model)[1].sn
+
+
+def abstract_model(
+    cfg: ml_collections.ConfigDict, num_videos: int
+) -> tuple[nnx.GraphDef, ModelVars]:
+  """Graph and variable shapes, without allocating or computing anything."""
+  model = nnx.eval_shape(lambda: TalkingHeadModel(cfg.model, num_videos, rngs=nnx.Rngs(0)))
+  return split_model(model)

@@ -24,6 +24,7 @@ from flax import nnx
 
 from fewshot_jax.models.talking_head import (
     ModelVars,
+    abstract_model,
     TalkingHeadModel,
     merge_model,
     spectral_state,
@@ -31,7 +32,7 @@ from fewshot_jax.models.talking_head import (
 )
 
 PyTree = Any
-__all__ = ["ModelVars", "merge_model", "spectral_state", "split_model"]
+__all__ = ["ModelVars", "abstract_model", "merge_model", "spectral_state", "split_model"]
 
 
 @flax.struct.dataclass
@@ -60,14 +61,6 @@ def g_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
 
 def d_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
   return optax.adam(cfg.train.lr_d, b1=cfg.train.b1, b2=cfg.train.b2)
-
-
-def abstract_model(
-    cfg: ml_collections.ConfigDict, num_videos: int
-) -> tuple[nnx.GraphDef, ModelVars]:
-  """Graph and variable shapes, without allocating or computing anything."""
-  model = nnx.eval_shape(lambda: TalkingHeadModel(cfg.model, num_videos, rngs=nnx.Rngs(0)))
-  return split_model(model)
 
 
 def init_train_state(

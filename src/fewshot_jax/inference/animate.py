@@ -1,0 +1,132 @@
+"""Animate: a fitted identity + a driving sequence -> an mp4, generated in fixed-size batches.
+
+Generation is one jitted function of a fixed batch shape (the last batch is padded), so a video of
+any length compiles once. Frames are written to the mp4 as they come out, so memory does not grow
+with the driver's length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import time
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fewshot_jax import landmarks as lmk
+from fewshot_jax.images import to_uint8
+from fewshot_jax.inference import finetune as inf
+from fewshot_jax.inference import motion as motion_lib
+from fewshot_jax.inference.driver import Driver, iter_driver_crops
+from fewshot_jax.inference.identity import Identity
+from fewshot_jax.inference.run import LoadedRun
+from fewshot_jax.progress import Progress, format_seconds
+
+LAYOUTS = ("single", "side-by-side")
+
+
+@dataclasses.dataclass
+class AnimateSummary:
+  """What ``animate`` did; printed by the CLI as JSON."""
+
+  out: str
+  frames: int
+  fps: float
+  seconds: float
+  generated_fps: float
+  held_frames: int
+  motion: str
+  layout: str
+  finetune_steps: int
+
+  def line(self) -> str:
+    return (f"wrote {self.out}: {self.frames} frames at {self.fps:g} fps in "
+            f"{format_seconds(self.seconds)} ({self.generated_fps:.1f} frames/s), "
+            f"{self.held_frames} driver frames without a face held the last landmarks")
+
+
+def make_generator(run: LoadedRun, batch_size: int) -> Callable[..., np.ndarray]:
+  """``gen(vars, psi, points[n, 68, 2]) -> uint8 [n, S, S, 3]`` for any ``n``, compiled once for
+  ``batch_size`` (shorter batches are padded with their last frame)."""
+  cfg = run.config
+
+  @jax.jit
+  def gen(v, psi, points):
+    frames = inf.generate(run.graphdef, v, cfg.model, psi, points)
+    return jnp.clip(jnp.round((frames + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+  def call(v, psi, points: np.ndarray) -> np.ndarray:
+    n = len(points)
+    if n < batch_size:
+      points = np.concatenate([points, np.repeat(points[-1:], batch_size - n, 0)])
+    return np.asarray(gen(v, psi, points))[:n]
+
+  return call
+
+
+def _panels(identity: Identity, driver: Driver, targets: np.ndarray, size: int
+            ) -> Iterator[np.ndarray]:
+  """The side-by-side layout's left columns per frame: the first shot, then the driver's crop
+  (or, for a landmark-file driver, the driving landmarks drawn) and the retargeted landmarks."""
+  shot = identity.shots[0]
+  crops = iter_driver_crops(driver, size) if driver.boxes is not None else None
+  draw = jax.jit(lambda p: lmk.rasterize(p, size))
+  for i in range(len(driver)):
+    left = next(crops) if crops is not None else to_uint8(draw(driver.landmarks[i:i + 1])[0] * 2 - 1)
+    drawn = to_uint8(draw(targets[i:i + 1])[0] * 2 - 1)
+    yield np.concatenate([shot, left, drawn], axis=1)
+
+
+def animate(
+    run: LoadedRun,
+    identity: Identity,
+    driver: Driver,
+    out: str | os.PathLike,
+    motion: str = "relative",
+    layout: str = "single",
+    batch_size: int = 8,
+    show_progress: bool = True,
+) -> AnimateSummary:
+  """Writes ``out`` (mp4 at the driver's fps): the identity's face moved by the driver.
+
+  Args:
+    run: the loaded run (architecture, E/D weights).
+    identity: the fitted face (``fit_identity`` or ``load_identity``).
+    driver: the driving landmarks (``load_driver``).
+    out: the mp4 to write (atomically).
+    motion: ``relative`` (driver's motion on the source's face shape) or ``absolute``.
+    layout: ``single`` (generated frames) or ``side-by-side`` (shot | driver | landmarks |
+      generated).
+    batch_size: frames generated per call.
+    show_progress: print a progress line.
+  """
+  from fewshot_jax.visualize import Mp4Writer  # pylint: disable=g-import-not-at-top
+
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+  size = run.config.model.image_size
+  # Relative motion keeps the face shape of the first shot (the one shown side by side).
+  targets = motion_lib.retarget(identity.shot_landmarks[0], driver.landmarks, motion)
+  v = jax.tree.map(jnp.asarray, identity.model_vars(run))
+  psi = jnp.asarray(identity.psi)
+  gen = make_generator(run, batch_size)
+  panels = _panels(identity, driver, targets, size) if layout == "side-by-side" else None
+  progress = Progress(len(targets), "animate", "frames") if show_progress else None
+  t0 = time.perf_counter()
+  upscale = max(1, 256 // size)
+  with Mp4Writer(out, driver.fps, upscale) as writer:
+    for start in range(0, len(targets), batch_size):
+      frames = gen(v, psi, targets[start:start + batch_size])
+      for frame in frames:
+        writer.write(frame if panels is None else np.concatenate([next(panels), frame], axis=1))
+      if progress:
+        progress.update(len(frames))
+  seconds = time.perf_counter() - t0
+  return AnimateSummary(
+      out=str(pathlib.Path(out)), frames=writer.frames, fps=driver.fps, seconds=seconds,
+      generated_fps=writer.frames / seconds if seconds > 0 else 0.0, held_frames=driver.held,
+      motion=motion, layout=layout, finetune_steps=int(identity.info.get("finetune_steps", 0)))

@@ -1,0 +1,139 @@
+"""The driving sequence: landmarks per frame, in the pixels of a training-style face crop.
+
+A driver is either a video (faces found per frame by a landmark backend) or a ``.npy`` of landmarks
+``[T, 68, 2]`` already in crop pixels. For a video:
+
+* each frame's face is the detection that overlaps the previous frame's face most (the largest
+  face in the first frame), so a second person entering the shot does not steal the track;
+* a frame with no face holds the last landmarks (frames before the first detection take the first
+  one), and the count of such frames is reported;
+* the crop follows data prep: a square around the landmarks, enlarged and smoothed over time;
+* landmarks are then smoothed over time (Gaussian, ``smooth_sigma`` frames) to remove the
+  detector's frame-to-frame jitter, which the generator would otherwise turn into flicker.
+
+Only landmarks stay in memory; the driver's crops, for the side-by-side layout, are re-read and cut
+frame by frame while the output is written (``iter_driver_crops``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from fewshot_jax.inference import motion as motion_lib
+from fewshot_jax.inference.faces import NoFaceError
+from fewshot_jax.prep import crop as crop_lib
+from fewshot_jax.prep import video as video_lib
+from fewshot_jax.prep.backends import Face, LandmarkBackend
+from fewshot_jax.progress import Progress
+
+
+@dataclasses.dataclass
+class Driver:
+  """A driving sequence.
+
+  Attributes:
+    landmarks: f32 ``[T, 68, 2]`` in crop pixels (``image_size`` square).
+    fps: frames per second of the output.
+    held: frames where no face was found and the last landmarks were held.
+    path: the driver file.
+    boxes: for a video, the crop box ``(x0, y0, x1, y1)`` of every frame in its own pixels.
+  """
+
+  landmarks: np.ndarray
+  fps: float
+  held: int
+  path: str
+  boxes: np.ndarray | None = None
+
+  def __len__(self) -> int:
+    return len(self.landmarks)
+
+
+def _pick(faces: list[Face], previous: Face | None) -> Face | None:
+  if not faces:
+    return None
+  if previous is None:
+    return faces[0]
+  return max(faces, key=lambda f: crop_lib.box_iou(f.box, previous.box))
+
+
+def load_driver(
+    path: str | os.PathLike,
+    backend: LandmarkBackend | None,
+    image_size: int,
+    fps: float = 25.0,
+    smooth_sigma: float = 1.0,
+    enlarge: float = 1.8,
+    show_progress: bool = True,
+) -> Driver:
+  """Reads a driver video (landmarks found per frame) or a ``.npy`` of crop-pixel landmarks.
+
+  Args:
+    path: ``.npy`` (``[T, 68, 2]`` float, in ``image_size`` crop pixels) or any video PyAV reads.
+    backend: the landmark backend for a video (unused for ``.npy``).
+    image_size: the model's crop size.
+    fps: the frame rate of a ``.npy`` driver (a video keeps its own).
+    smooth_sigma: temporal smoothing of the landmarks, in frames (0: none).
+    enlarge: crop side over landmark box side, as in data prep.
+    show_progress: print a progress line while detecting.
+
+  Raises:
+    ValueError: a ``.npy`` of the wrong shape or with non-finite values.
+    fewshot_jax.prep.video.VideoError: an unreadable video (the message names the file).
+    NoFaceError: a video with no face in any frame.
+  """
+  path = pathlib.Path(path)
+  if path.suffix == ".npy":
+    if not path.is_file():
+      raise FileNotFoundError(f"driver {path}: no such file")
+    points = np.load(path, allow_pickle=False)
+    if points.ndim != 3 or points.shape[1:] != (68, 2) or len(points) == 0:
+      raise ValueError(f"driver {path}: expected landmarks [T, 68, 2], found {points.shape}")
+    if not np.isfinite(points).all():
+      bad = int(np.flatnonzero(~np.isfinite(points).all(axis=(1, 2)))[0])
+      raise ValueError(f"driver {path}: frame {bad} has non-finite landmarks")
+    return Driver(motion_lib.smooth(points, smooth_sigma), float(fps), 0, str(path))
+  if backend is None:
+    raise ValueError(f"driver {path}: a video driver needs a landmark backend")
+
+  total = video_lib.count_frames(path)
+  progress = Progress(total, "driver landmarks", "frames") if show_progress else None
+  found: list[np.ndarray | None] = []
+  previous = None
+  video_fps = fps
+  for _, frame, video_fps in video_lib.iter_frames(path):
+    face = _pick(backend.detect(frame), previous)
+    found.append(None if face is None else face.landmarks)
+    previous = face or previous
+    if progress:
+      progress.update(1, f"no face in {sum(p is None for p in found)}")
+  detected = [i for i, p in enumerate(found) if p is not None]
+  if not detected:
+    raise NoFaceError(f"driver {path}: no face found in any of its {len(found)} frames by the "
+                      f"{backend.name} landmark backend")
+  first = found[detected[0]]
+  filled, last = [], first
+  for p in found:
+    last = p if p is not None else last
+    filled.append(last)
+  points = np.stack(filled).astype(np.float64)
+  boxes = crop_lib.crop_boxes(points, enlarge)
+  side = boxes[:, 2] - boxes[:, 0]
+  crop_points = (points - boxes[:, None, :2]) * (image_size / side)[:, None, None]
+  return Driver(motion_lib.smooth(crop_points, smooth_sigma), video_fps or fps,
+                len(found) - len(detected), str(path), boxes)
+
+
+def iter_driver_crops(driver: Driver, image_size: int) -> Iterator[np.ndarray]:
+  """The driver video's frames cut with its crop boxes, one ``[S, S, 3]`` uint8 at a time."""
+  if driver.boxes is None:
+    raise ValueError(f"driver {driver.path} is a landmark file: it has no frames to show")
+  for i, frame, _ in video_lib.iter_frames(driver.path):
+    if i >= len(driver.boxes):
+      return
+    yield crop_lib.crop_frame(frame, driver.boxes[i], np.zeros((68, 2)), image_size)[0]

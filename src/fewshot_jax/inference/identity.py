@@ -1,0 +1,147 @@
+"""A fitted identity: what animating one new face needs, fitted once and reused.
+
+An identity is ψ (G's AdaIN parameters for this face), the generator weights it goes with (the
+meta-learned ones for a feed-forward fit, fine-tuned ones after ``steps`` of fine-tuning), the
+spectral-norm vectors, and the shots' own landmarks (relative motion moves *these*, so the face
+keeps its shape). It is stored as ``identity.safetensors`` plus ``identity.json`` (the model config
+it belongs to, the run it came from, the fit's settings) and ``shots.png`` to look at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from fewshot_jax.atomic_files import write_text
+from fewshot_jax.inference import finetune as inf
+from fewshot_jax.inference.run import IncompatibleCheckpoint, LoadedRun
+from fewshot_jax.inference.tensors import load_flat, like, save_tree
+from fewshot_jax.progress import Progress
+
+PyTree = Any
+IDENTITY_FORMAT = 1
+
+
+@dataclasses.dataclass
+class Identity:
+  """One face ready to animate.
+
+  Attributes:
+    psi: f32 ``[psi_dim]``, ψ' after fine-tuning (P·ê for a feed-forward fit).
+    generator: G's weights to use with ``psi``.
+    sn: spectral-norm vectors that go with ``generator``.
+    shot_landmarks: f32 ``[K, 68, 2]``, the shots' landmarks in crop pixels.
+    shots: uint8 ``[K, S, S, 3]``, the cropped shots.
+    info: JSON-able facts: run, step, steps fine-tuned, sources, losses.
+  """
+
+  psi: np.ndarray
+  generator: PyTree
+  sn: PyTree
+  shot_landmarks: np.ndarray
+  shots: np.ndarray
+  info: dict[str, Any]
+
+  def model_vars(self, run: LoadedRun):
+    """The run's weights with this identity's generator and spectral state swapped in."""
+    return run.vars.replace(g={**run.vars.g, "generator": self.generator}, sn=self.sn)
+
+
+def fit_identity(
+    run: LoadedRun,
+    frames: np.ndarray,
+    points: np.ndarray,
+    steps: int,
+    show_progress: bool = True,
+) -> Identity:
+  """Fits a face from K shots: ê = E(shots), ψ = P·ê, then ``steps`` of fine-tuning (paper §3.3).
+
+  Args:
+    run: a loaded run.
+    frames: uint8 ``[K, S, S, 3]`` cropped shots.
+    points: f32 ``[K, 68, 2]`` their landmarks in crop pixels.
+    steps: fine-tuning steps (0: the feed-forward fit).
+    show_progress: print a progress line while fine-tuning.
+  """
+  from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
+
+  cfg = run.config
+  s = cfg.model.image_size
+  if frames.ndim != 4 or frames.shape[1:] != (s, s, 3) or points.shape != (len(frames), 68, 2):
+    raise ValueError(f"shots: expected frames [K, {s}, {s}, 3] and landmarks [K, 68, 2], found "
+                     f"{frames.shape} and {points.shape}")
+  e_hat = jax.jit(lambda v, f, p: inf.embed(run.graphdef, v, cfg.model, f, p))(
+      run.vars, frames[None], points[None])[0]
+  psi = jax.jit(lambda v, e: inf.feed_forward_psi(run.graphdef, v, e))(run.vars, e_hat)
+  info: dict[str, Any] = {"finetune_steps": int(steps), "shots": int(len(frames))}
+  generator, sn = run.vars.g["generator"], run.vars.sn
+  if steps > 0:
+    content = build_content_loss(cfg.loss)
+    fs = inf.init_finetune(cfg, run.vars, e_hat, psi)
+    step = jax.jit(inf.make_finetune_step(run.graphdef, cfg, content))
+    progress = Progress(steps, "finetune", "steps") if show_progress else None
+    first = last = None
+    for _ in range(steps):
+      fs, metrics = step(fs, run.vars, frames, points, content.params)
+      if progress:
+        progress.update(1, f"content {float(metrics['ft/content']):.4f}")
+      last = float(metrics["ft/content"])
+      first = last if first is None else first
+    psi, generator, sn = fs.psi, fs.generator, fs.sn
+    info.update(content_first=first, content_last=last, content_loss=content.description)
+  return Identity(psi=np.asarray(psi), generator=jax.device_get(generator),
+                  sn=jax.device_get(sn), shot_landmarks=np.asarray(points, np.float32),
+                  shots=np.asarray(frames, np.uint8), info=info)
+
+
+def save_identity(directory: str | os.PathLike, identity: Identity, run: LoadedRun) -> None:
+  """Writes ``identity.safetensors``, ``identity.json`` and ``shots.png`` into ``directory``."""
+  from fewshot_jax.visualize import save_png  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  save_tree(directory / "identity.safetensors",
+            {"psi": identity.psi, "generator": identity.generator, "sn": identity.sn,
+             "shot_landmarks": identity.shot_landmarks, "shots": identity.shots})
+  meta = {"format": IDENTITY_FORMAT, "run": str(run.workdir.absolute()), "run_step": run.step,
+          "model": run.config.model.to_dict(), **identity.info}
+  write_text(directory / "identity.json", json.dumps(meta, indent=2, default=list))
+  save_png(directory / "shots.png", np.concatenate(list(identity.shots), axis=1))
+
+
+def load_identity(directory: str | os.PathLike, run: LoadedRun) -> Identity:
+  """Reads an identity saved by ``save_identity`` for use with ``run``.
+
+  Raises:
+    FileNotFoundError: the directory lacks identity.json or identity.safetensors.
+    IncompatibleCheckpoint: the identity was fitted with a model of another shape (the message
+      lists the differing ``model.*`` fields, expected vs found).
+  """
+  directory = pathlib.Path(directory)
+  meta_path = directory / "identity.json"
+  if not meta_path.is_file():
+    raise FileNotFoundError(f"{directory} is not an identity: no identity.json (write one with "
+                            "`fewshot-jax finetune`)")
+  meta = json.loads(meta_path.read_text())
+  expected = json.loads(json.dumps(run.config.model.to_dict(), default=list))
+  found = meta.get("model", {})
+  diffs = [f"model.{k}: expected {expected[k]!r}, found {found.get(k)!r}"
+           for k in sorted(expected) if found.get(k) != expected[k]]
+  if diffs:
+    raise IncompatibleCheckpoint(f"{directory}: fitted for another model than {run.workdir}'s:\n  "
+                                 + "\n  ".join(diffs))
+  flat = load_flat(directory / "identity.safetensors")
+  def part(name: str) -> dict[str, np.ndarray]:
+    prefix = name + "/"
+    return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  return Identity(
+      psi=flat["psi"], generator=like(run.vars.g["generator"], part("generator")),
+      sn=like(run.vars.sn, part("sn")), shot_landmarks=flat["shot_landmarks"],
+      shots=flat["shots"], info={k: v for k, v in meta.items() if k != "model"})
+
