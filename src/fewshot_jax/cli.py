@@ -1,6 +1,7 @@
 """The ``fewshot-jax`` command.
 
-Subcommands: ``demo``, ``train``, ``finetune``, ``convert-weights``. Config overrides are given as
+Subcommands: ``demo``, ``train``, ``finetune``, ``animate``, ``export``, ``convert-weights``,
+``prepare``, ``data``. Config overrides are given as
 ``--config.SECTION.FIELD=VALUE`` after the other options, e.g.
 ``fewshot-jax train --config demo_64 --workdir runs/x --config.train.steps=50``.
 """
@@ -16,6 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from fewshot_jax import cli_inference
+
 DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
 
 
@@ -23,6 +26,8 @@ def _setup(verbose: bool) -> None:
   """Logging and the persistent XLA compilation cache (re-runs skip most compile time)."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   logging.getLogger("absl").setLevel(logging.INFO if verbose else logging.WARNING)
+  # "Unable to initialize backend 'tpu'" on every CPU or GPU machine is not news.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.INFO if verbose else logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
 
   cache = os.environ.get("FEWSHOT_JAX_XLA_CACHE", str(DEFAULT_CACHE / "fewshot_jax" / "xla"))
@@ -112,75 +117,6 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   return 0
 
 
-def _load_shots(args: argparse.Namespace, image_size: int):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  if args.shots:
-    path = pathlib.Path(args.shots)
-    if not path.is_file():
-      raise SystemExit(f"--shots {path}: no such file")
-    with np.load(path, allow_pickle=False) as z:
-      if "frames" not in z or "landmarks" not in z:
-        raise SystemExit(f"--shots {path}: expected arrays 'frames' [K,H,W,3] and "
-                         f"'landmarks' [K,68,2], found {sorted(z.keys())}")
-      frames, points = z["frames"], z["landmarks"].astype(np.float32)
-  else:
-    from fewshot_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-
-    frames, points = synthetic.render_video(args.synthetic, max(2 * args.k, 2), image_size)
-    frames, points = frames[: args.k], points[: args.k]
-  if frames.ndim != 4 or frames.shape[1:] != (image_size, image_size, 3):
-    raise SystemExit(f"shots: frames have shape {frames.shape}, expected [K,{image_size},"
-                     f"{image_size},3] (the run's model.image_size)")
-  if points.shape != (frames.shape[0], 68, 2):
-    raise SystemExit(f"shots: landmarks have shape {points.shape}, expected "
-                     f"[{frames.shape[0]},68,2]")
-  return frames, points
-
-
-def cmd_finetune(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from fewshot_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.images import to_uint8  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.inference import finetune as inf  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.inference.run import load_run, save_identity  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.progress import Progress  # pylint: disable=g-import-not-at-top
-
-  run = load_run(args.run)
-  cfg = config_lib.apply_overrides(run.config, overrides)
-  if args.steps is not None:
-    cfg.finetune.steps = args.steps
-  frames, points = _load_shots(args, cfg.model.image_size)
-  content = build_content_loss(cfg.loss)
-  e_hat = jax.jit(lambda v, f, p: inf.embed(run.graphdef, v, cfg.model, f, p))(
-      run.vars, frames[None], points[None])[0]
-  psi = jax.jit(lambda v, e: inf.feed_forward_psi(run.graphdef, v, e))(run.vars, e_hat)
-  fs = inf.init_finetune(cfg, run.vars, e_hat, psi)
-  step = jax.jit(inf.make_finetune_step(run.graphdef, cfg, content))
-  progress = Progress(cfg.finetune.steps, "finetune", "steps")
-  for _ in range(cfg.finetune.steps):
-    fs, metrics = step(fs, run.vars, frames, points, content.params)
-    progress.update(1, f"content {float(metrics['ft/content']):.4f}")
-  out = pathlib.Path(args.out)
-  save_identity(out, {"psi": fs.psi, "generator": fs.generator, "d": fs.d, "w_proj": fs.w_proj,
-                      "sn": fs.sn},
-                {"run": str(pathlib.Path(args.run).absolute()), "run_step": run.step,
-                 "finetune_steps": cfg.finetune.steps, "shots": int(frames.shape[0])})
-  if args.drive:
-    from fewshot_jax.visualize import save_mp4  # pylint: disable=g-import-not-at-top
-
-    drive = np.load(args.drive, allow_pickle=False).astype(np.float32)
-    v = run.vars.replace(g={**run.vars.g, "generator": fs.generator}, sn=fs.sn)
-    video = to_uint8(jax.jit(lambda v, psi, p: inf.generate(run.graphdef, v, cfg.model, psi, p))(
-        v, fs.psi, drive))
-    save_mp4(out / "drive.mp4", video, args.fps, upscale=max(1, 256 // cfg.model.image_size))
-  print(json.dumps({"identity": str(out), "steps": cfg.finetune.steps}))
-  return 0
-
-
 def cmd_convert_weights(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   del overrides
   from fewshot_jax.models import perceptual  # pylint: disable=g-import-not-at-top
@@ -264,17 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--process-id", type=int)
   p.set_defaults(func=cmd_train)
 
-  p = sub.add_parser("finetune", help="fit a new identity from K shots and save it")
-  p.add_argument("--run", required=True, help="a run directory written by train/demo")
-  src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--shots", help="npz with frames uint8 [K,H,W,3] and landmarks [K,68,2]")
-  src.add_argument("--synthetic", type=int, help="fit this synthetic identity seed instead")
-  p.add_argument("--k", type=int, default=8, help="shots to take with --synthetic")
-  p.add_argument("--steps", type=int, default=None, help="default: the run's finetune.steps")
-  p.add_argument("--out", required=True, help="directory for identity.safetensors/.json")
-  p.add_argument("--drive", help="npy of driving landmarks [T,68,2]: also writes drive.mp4")
-  p.add_argument("--fps", type=float, default=15.0)
-  p.set_defaults(func=cmd_finetune)
+  cli_inference.add_parsers(sub)
 
   p = sub.add_parser("convert-weights", help="convert a PyTorch VGG checkpoint to safetensors")
   p.add_argument("--kind", choices=("vgg19", "vggface"), required=True)
@@ -323,7 +249,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   rest = [a for a in argv if not a.startswith("--config.")]
   args = build_parser().parse_args(rest)
   _setup(args.verbose)
-  return args.func(args, overrides)
+  if not getattr(args, "user_errors", False):
+    return args.func(args, overrides)
+  from fewshot_jax.inference.faces import NoFaceError  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.run import IncompatibleCheckpoint  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.prep.video import VideoError  # pylint: disable=g-import-not-at-top
+  try:
+    return args.func(args, overrides)
+  except (NoFaceError, VideoError, IncompatibleCheckpoint, FileNotFoundError, ValueError) as e:
+    if args.verbose:  # the traceback, for a bug report
+      raise
+    print(f"fewshot-jax {args.command}: error: {e}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ inference path reads (fine-tuning projects onto ``w0 + ê``, never onto a row of
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pathlib
 from collections.abc import Sequence
@@ -122,7 +123,13 @@ def load_run(
   graphdef, abstract = abstract_model(cfg, 1)
   expected = {"d": abstract.d, "sn": abstract.sn, "g": abstract.g}
   checkpointer = ocp.PyTreeCheckpointer()
-  meta = checkpointer.metadata(path).item_metadata.tree
+  absl_log = logging.getLogger("absl")
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)  # Orbax warns that the item has no step metadata: expected
+  try:
+    meta = checkpointer.metadata(path).item_metadata.tree
+  finally:
+    absl_log.setLevel(level)
   if "vars" not in meta or "ema_g" not in meta:
     raise IncompatibleCheckpoint(f"{path}: not a fewshot_jax train state (top-level keys "
                                  f"{sorted(meta)})")

@@ -1,0 +1,132 @@
+"""Inference speed on this machine: generation frames/s, fine-tuning time, the rasteriser.
+
+Why: ``animate`` spends its time in three places: fitting the identity (fine-tuning), generating
+one frame per driver frame, and drawing the landmark images the generator reads. This times each
+with random weights (speed does not depend on the values) at the configs' architectures:
+``paper_256`` (256 px) and ``demo_64`` (64 px), generation at batch 1 and 8.
+
+  python benchmarks/inference.py [--out runs/bench/inference.json] [--finetune-steps 20]
+
+Each figure is the median over ``--iters`` calls after one warm-up call (which compiles); the
+compile time is reported on its own. Fine-tuning uses the config's content loss as shipped (pixel
+L1: no VGG weights are on this machine), K = 1 shot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fewshot_jax import config as config_lib
+from fewshot_jax import landmarks as lmk
+from fewshot_jax.atomic_files import write_text
+from fewshot_jax.content import build_content_loss
+from fewshot_jax.inference import finetune as inf
+from fewshot_jax.models.talking_head import TalkingHeadModel, split_model
+
+
+def _timed(fn: Callable[[], Any], iters: int) -> dict[str, float]:
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return {"median": statistics.median(times), "min": min(times), "max": max(times),
+          "first_call": first}
+
+
+def _points(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
+  return rng.uniform(size * 0.3, size * 0.7, (n, 68, 2)).astype(np.float32)
+
+
+def bench_config(name: str, iters: int, finetune_steps: int) -> dict[str, Any]:
+  cfg = config_lib.load_config(name)
+  size = cfg.model.image_size
+  graphdef, v = split_model(TalkingHeadModel(cfg.model, 1, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(0)
+  shot = rng.integers(0, 256, (1, size, size, 3), np.uint8)
+  shot_points = _points(rng, 1, size)
+  e_hat = jax.jit(lambda v, f, p: inf.embed(graphdef, v, cfg.model, f, p))(
+      v, shot[None], shot_points[None])[0]
+  psi = jax.jit(lambda v, e: inf.feed_forward_psi(graphdef, v, e))(v, e_hat)
+  gen = jax.jit(lambda v, psi, p: inf.generate(graphdef, v, cfg.model, psi, p))
+  entry: dict[str, Any] = {"image_size": size, "generate": {}}
+  for batch in (1, 8):
+    points = _points(rng, batch, size)
+    t = _timed(lambda: gen(v, psi, points), iters)
+    entry["generate"][f"b{batch}"] = {
+        "sec_per_call": {k: round(x, 4) for k, x in t.items()},
+        "frames_per_second": round(batch / t["median"], 2),
+        "sec_per_frame": round(t["median"] / batch, 4)}
+    print(f"{name} generate b{batch}: {batch / t['median']:.2f} frames/s "
+          f"({t['median'] / batch:.4f} s/frame, first call {t['first_call']:.1f} s)", flush=True)
+
+  content = build_content_loss(cfg.loss)
+  step = jax.jit(inf.make_finetune_step(graphdef, cfg, content))
+  fs = inf.init_finetune(cfg, v, e_hat, psi)
+  t0 = time.perf_counter()
+  fs, m = step(fs, v, shot, shot_points, content.params)
+  jax.block_until_ready(m)
+  first = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(finetune_steps):
+    fs, m = step(fs, v, shot, shot_points, content.params)
+  jax.block_until_ready(m)
+  per_step = (time.perf_counter() - t0) / finetune_steps
+  entry["finetune_k1"] = {
+      "steps_timed": finetune_steps, "sec_per_step": round(per_step, 4),
+      "first_step_seconds": round(first, 1), "content_loss": content.description.split(" (")[0],
+      f"seconds_for_{cfg.finetune.steps}_steps": round(per_step * cfg.finetune.steps, 1)}
+  print(f"{name} finetune: {per_step:.3f} s/step, {cfg.finetune.steps} steps (the config's) in "
+        f"{per_step * cfg.finetune.steps:.1f} s", flush=True)
+  return entry
+
+
+def bench_rasterizer(iters: int, size: int = 256, batch: int = 16) -> dict[str, Any]:
+  points = _points(np.random.default_rng(1), batch, size)
+  draw = jax.jit(lambda p: lmk.rasterize(p, size))
+  t = _timed(lambda: draw(jnp.asarray(points)), iters)
+  ms = 1000 * t["median"] / batch
+  print(f"rasterise {size} px, batch {batch}: {ms:.2f} ms/frame", flush=True)
+  return {"image_size": size, "batch": batch, "ms_per_frame": round(ms, 3),
+          "sec_per_call": {k: round(x, 4) for k, x in t.items()}}
+
+
+def main(argv: Sequence[str] | None = None) -> pathlib.Path:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", default="runs/bench/inference.json")
+  parser.add_argument("--configs", nargs="+", default=["paper_256", "demo_64"])
+  parser.add_argument("--iters", type=int, default=5)
+  parser.add_argument("--finetune-steps", type=int, default=5)
+  args = parser.parse_args(argv)
+  result: dict[str, Any] = {
+      "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                  "python": platform.python_version(), "jax": jax.__version__,
+                  "backend": jax.default_backend()},
+      "rasterize": bench_rasterizer(args.iters),
+  }
+  for name in args.configs:
+    result[name] = bench_config(name, args.iters, args.finetune_steps)
+  out = pathlib.Path(args.out)
+  write_text(out, json.dumps(result, indent=2) + "\n")
+  print(out)
+  return out
+
+
+if __name__ == "__main__":
+  main()

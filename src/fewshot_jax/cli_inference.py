@@ -1,0 +1,181 @@
+"""The inference subcommands of ``fewshot-jax``: ``finetune``, ``animate`` and ``export``.
+
+They import no training code: a run's checkpoint is read by ``fewshot_jax.inference.run``. Bad
+input (no face in a source, an unreadable video, a checkpoint or identity of another model) ends
+the command with one line naming the file and what was expected, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+
+def _backend(args: argparse.Namespace):
+  from fewshot_jax.prep.backends import make_backend  # pylint: disable=g-import-not-at-top
+
+  options: dict[str, Any] = {}
+  if args.landmarks == "dlib":
+    options["upsample"] = args.upsample
+  elif args.device:
+    options["device"] = args.device
+  return make_backend(args.landmarks, **options)
+
+
+def _shots(args: argparse.Namespace, image_size: int, backend_factory):
+  """``(frames uint8 [K, S, S, 3], landmarks f32 [K, 68, 2], names)`` from --source pictures, a
+  --shots npz, or a --synthetic identity."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  if getattr(args, "source", None):
+    from fewshot_jax.inference.faces import load_shots  # pylint: disable=g-import-not-at-top
+
+    shots = load_shots(args.source, backend_factory(), image_size, args.enlarge)
+    return (np.stack([s.frame for s in shots]), np.stack([s.landmarks for s in shots]),
+            [s.path for s in shots])
+  if getattr(args, "shots", None):
+    path = pathlib.Path(args.shots)
+    if not path.is_file():
+      raise FileNotFoundError(f"--shots {path}: no such file")
+    with np.load(path, allow_pickle=False) as z:
+      if "frames" not in z or "landmarks" not in z:
+        raise ValueError(f"--shots {path}: expected arrays 'frames' [K,H,W,3] and "
+                         f"'landmarks' [K,68,2], found {sorted(z.keys())}")
+      frames, points = z["frames"], z["landmarks"].astype(np.float32)
+    if frames.ndim != 4 or frames.shape[1:] != (image_size, image_size, 3):
+      raise ValueError(f"--shots {path}: frames have shape {frames.shape}, expected "
+                       f"[K,{image_size},{image_size},3] (the run's model.image_size)")
+    if points.shape != (frames.shape[0], 68, 2):
+      raise ValueError(f"--shots {path}: landmarks have shape {points.shape}, expected "
+                       f"[{frames.shape[0]},68,2]")
+    return frames, points, [str(path)]
+  from fewshot_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+
+  frames, points = synthetic.render_video(args.synthetic, max(2 * args.k, 2), image_size)
+  return frames[: args.k], points[: args.k], [f"synthetic:{args.synthetic}"]
+
+
+def _fit(args: argparse.Namespace, run, steps: int):
+  from fewshot_jax.inference.identity import fit_identity  # pylint: disable=g-import-not-at-top
+
+  frames, points, names = _shots(args, run.config.model.image_size, lambda: _backend(args))
+  identity = fit_identity(run, frames, points, steps)
+  identity.info["sources"] = names
+  return identity
+
+
+def cmd_finetune(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+  from fewshot_jax.inference.identity import save_identity  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
+
+  run = load_run(args.checkpoint, overrides=overrides)
+  steps = run.config.finetune.steps if args.steps is None else args.steps
+  identity = _fit(args, run, steps)
+  save_identity(args.out, identity, run)
+  print(json.dumps({"identity": str(args.out), "finetune_steps": steps,
+                    "shots": identity.info["shots"],
+                    "content_last": identity.info.get("content_last")}))
+  return 0
+
+
+def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+  from fewshot_jax.inference.animate import animate  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.driver import load_driver  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.identity import load_identity, save_identity  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
+
+  run = load_run(args.checkpoint, overrides=overrides)
+  size = run.config.model.image_size
+  backend = None
+  if not args.driver.endswith(".npy") or args.source:
+    backend = _backend(args)
+  # The driver first: a bad driver file should fail before minutes of fine-tuning.
+  driver = load_driver(args.driver, backend, size, fps=args.fps, smooth_sigma=args.smooth,
+                       enlarge=args.enlarge)
+  if args.identity:
+    identity = load_identity(args.identity, run)
+  else:
+    steps = run.config.finetune.steps if args.finetune_steps is None else args.finetune_steps
+    identity = _fit(args, run, steps)
+    if args.save_identity:
+      save_identity(args.save_identity, identity, run)
+  summary = animate(run, identity, driver, args.out, motion=args.motion, layout=args.layout,
+                    batch_size=args.batch_size)
+  print(summary.line())
+  print(json.dumps(dataclasses.asdict(summary)))
+  return 0
+
+
+def cmd_export(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+  from fewshot_jax.inference.export import export_run  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.identity import load_identity  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
+
+  run = load_run(args.checkpoint, overrides=overrides)
+  identity = load_identity(args.identity, run) if args.identity else None
+  meta = export_run(run, args.out, identity, platforms=tuple(args.platforms.split(",")))
+  sizes = {p.name: p.stat().st_size for p in sorted(pathlib.Path(args.out).iterdir())}
+  print(json.dumps({"export": str(args.out), "platforms": meta["platforms"], "bytes": sizes}))
+  return 0
+
+
+def _landmark_options(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--landmarks", choices=("dlib", "fan"), default="dlib",
+                 help="landmark backend for source pictures and driver videos")
+  p.add_argument("--upsample", type=int, default=1, help="dlib: detector upsampling steps")
+  p.add_argument("--device", default=None, help="fan: cpu, cuda or cuda:N")
+  p.add_argument("--enlarge", type=float, default=1.8,
+                 help="crop side / landmark box side (as the training data was cut)")
+
+
+def add_parsers(sub: Any) -> None:
+  """Adds ``finetune``, ``animate`` and ``export`` to the ``fewshot-jax`` subparsers."""
+  p = sub.add_parser("finetune", help="fit a new identity from K pictures and save it")
+  p.add_argument("--checkpoint", "--run", dest="checkpoint", required=True,
+                 help="a run directory written by train/demo")
+  src = p.add_mutually_exclusive_group(required=True)
+  src.add_argument("--source", nargs="+", help="photos or paintings of one face (any size)")
+  src.add_argument("--shots", help="npz with cropped frames uint8 [K,S,S,3] and landmarks [K,68,2]")
+  src.add_argument("--synthetic", type=int, help="fit this synthetic identity seed instead")
+  p.add_argument("--k", type=int, default=8, help="shots to take with --synthetic")
+  p.add_argument("--steps", type=int, default=None,
+                 help="fine-tuning steps (default: the run's finetune.steps; 0: feed-forward)")
+  p.add_argument("--out", required=True, help="identity directory (identity.safetensors/.json)")
+  _landmark_options(p)
+  p.set_defaults(func=cmd_finetune, user_errors=True)
+
+  p = sub.add_parser("animate", help="make a video of a face driven by a video's landmarks")
+  p.add_argument("--checkpoint", "--run", dest="checkpoint", required=True,
+                 help="a run directory written by train/demo")
+  who = p.add_mutually_exclusive_group(required=True)
+  who.add_argument("--source", nargs="+", help="photos or paintings of one face (any size)")
+  who.add_argument("--identity", help="an identity directory from `fewshot-jax finetune`")
+  p.add_argument("--driver", required=True,
+                 help="driving video (any format PyAV reads) or landmarks .npy [T,68,2] in crop "
+                      "pixels")
+  p.add_argument("--out", required=True, help="output .mp4 (at the driver's fps)")
+  p.add_argument("--finetune-steps", type=int, default=None,
+                 help="with --source: fine-tuning steps (default: the run's finetune.steps; 0: "
+                      "feed-forward)")
+  p.add_argument("--save-identity", help="with --source: also save the fitted identity here")
+  p.add_argument("--motion", choices=("relative", "absolute"), default="relative",
+                 help="relative: the driver's motion on the source's own face shape")
+  p.add_argument("--layout", choices=("single", "side-by-side"), default="single")
+  p.add_argument("--smooth", type=float, default=1.0,
+                 help="temporal smoothing of the driver's landmarks, in frames (0: none)")
+  p.add_argument("--fps", type=float, default=25.0, help="frame rate of a .npy driver")
+  p.add_argument("--batch-size", type=int, default=8, help="frames generated per call")
+  _landmark_options(p)
+  p.set_defaults(func=cmd_animate, user_errors=True)
+
+  p = sub.add_parser("export", help="write weights + jax.export programs that run without us")
+  p.add_argument("--checkpoint", "--run", dest="checkpoint", required=True)
+  p.add_argument("--identity", help="an identity directory: export its fine-tuned G and ψ'")
+  p.add_argument("--out", required=True, help="export directory")
+  p.add_argument("--platforms", default="cpu,cuda,tpu",
+                 help="comma-separated jax.export platforms")
+  p.set_defaults(func=cmd_export, user_errors=True)
