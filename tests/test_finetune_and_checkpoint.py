@@ -10,7 +10,8 @@ from conftest import random_videos, tiny_config
 from fewshot_jax.data.episodes import EpisodeSource
 from fewshot_jax.evaluation import protocol
 from fewshot_jax.inference import finetune as inf
-from fewshot_jax.inference.run import load_run, load_tree, save_identity
+from fewshot_jax.inference.run import load_run
+from fewshot_jax.inference.tensors import load_tree, save_tree
 from fewshot_jax.train.loop import train
 
 
@@ -76,7 +77,7 @@ def test_finetune_fits_the_shots_and_identity_round_trips(trained, tmp_path):
   assert out.shape == (4, cfg.model.image_size, cfg.model.image_size, 3)
   assert float(np.abs(out).max()) <= 1.0
   tree = {"psi": fs.psi, "generator": fs.generator}
-  save_identity(tmp_path / "id", tree, {"shots": 4})
+  save_tree(tmp_path / "id" / "identity.safetensors", tree)
   back = load_tree(tmp_path / "id" / "identity.safetensors", tree)
   np.testing.assert_array_equal(np.asarray(back["psi"]), np.asarray(fs.psi))
   with pytest.raises(ValueError, match="missing tensors"):
