@@ -35,7 +35,7 @@ from fewshot_jax.inference import TalkingHead  # noqa: E402
 from fewshot_jax.inference import identity as identity_lib  # noqa: E402
 from fewshot_jax.inference.run import IncompatibleCheckpoint, load_run  # noqa: E402
 from fewshot_jax.prep import crop as crop_lib  # noqa: E402
-from fewshot_jax.prep.backends import make_backend  # noqa: E402
+from fewshot_jax.prep.backends import DlibBackend, make_backend  # noqa: E402
 from fewshot_jax.prep.video import VideoError, read_video  # noqa: E402
 from fewshot_jax.visualize import save_mp4  # noqa: E402
 
@@ -89,8 +89,12 @@ def test_animate_the_astronaut_with_the_carphone_clip(run_dir, astronaut, backen
   assert len(video) == len(driver_frames) == 120
   assert fps == pytest.approx(driver_fps, rel=1e-3)  # 29.97, kept as a fraction
   assert video.shape[1:] == (256, 256, 3)  # 64 px frames shown at 256
-  detected = sum(bool(backend.detect(f)) for f in video)
-  assert detected >= 0.6 * len(video), f"a face in only {detected} of {len(video)} frames"
+  # dlib's HOG scores blurry faces low, and these are 64 px frames shown at 256, so the detector's
+  # threshold is lowered from 0 to -0.5. It still finds a face in 1 of 120 frames animated by an
+  # untrained model (measured), against 104-115 of 120 for models trained like this one.
+  lenient = DlibBackend(upsample=1, min_score=-0.5)
+  detected = sum(bool(lenient.detect(f)) for f in video)
+  assert detected > len(video) / 2, f"a face in only {detected} of {len(video)} frames"
   # The identity was saved on the way and animates again without refitting.
   meta = json.loads((ident / "identity.json").read_text())
   assert meta["finetune_steps"] == 100 and meta["sources"] == [str(astronaut)]
@@ -201,8 +205,11 @@ def test_driver_frames_without_a_face_hold_the_last_landmarks(backend, tmp_path)
   save_mp4(path, frames, fps)
   driver = driver_lib.load_driver(path, backend, SIZE, smooth_sigma=0.0, show_progress=False)
   assert len(driver) == 40 and driver.held >= 5 and driver.fps == pytest.approx(fps, rel=1e-3)
+  # Held in the video's pixels (the crop box itself keeps gliding: it is smoothed over time).
+  side = driver.boxes[:, 2] - driver.boxes[:, 0]
+  in_frame = driver.landmarks * (side / SIZE)[:, None, None] + driver.boxes[:, None, :2]
   for i in range(20, 25):
-    np.testing.assert_array_equal(driver.landmarks[i], driver.landmarks[19])
+    np.testing.assert_allclose(in_frame[i], in_frame[19], atol=1e-3)
   # In crop pixels, like the training data: the face fills the middle of the crop.
   assert ((driver.landmarks > 0) & (driver.landmarks < SIZE)).all()
 
