@@ -29,7 +29,8 @@ test: $(VENV)/.installed-dev
 bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/synthetic.py
 	$(VENV)/bin/python benchmarks/prep.py
-	$(VENV)/bin/python benchmarks/input.py --workers 0
+	$(VENV)/bin/python benchmarks/input.py --workers 0 1 2
+	$(VENV)/bin/python benchmarks/inference.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -194,11 +195,15 @@ def _tfrecord_batches(split: shards.Split, cfg: ml_collections.ConfigDict, maker
   return ds.batch(local, drop_remainder=True)
 
 
+_READER_LOCK = threading.Lock()
+
+
 class _ArrayRecords:
   """Random access to a split's serialized records, opened lazily in each process.
 
-  The reader is opened on first use and never pickled: a reader opened in the trainer and then
-  shipped to grain's worker processes (with its thread pool) intermittently deadlocked them.
+  The reader is opened on first use, once per process (under a lock), and never pickled: a reader
+  opened in the trainer and then shipped to grain's worker processes, with its thread pool, is not
+  something a fresh process can rely on.
   """
 
   def __init__(self, split: shards.Split):
@@ -211,11 +216,18 @@ class _ArrayRecords:
     return self.split.num_examples
 
   def __getitem__(self, index: int) -> bytes:
-    if self._reader is None:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      builder = tfds.builder_from_directory(str(self.split.directory))
-      self._reader = builder.as_data_source(self.split.split).data_source  # bytes; parsed here
-    return self._reader[index]
+    reader = self._reader
+    if reader is None:
+      # grain calls this from a pool of threads. Without the lock, several of them imported
+      # tensorflow_datasets at once in a fresh worker process and deadlocked on the import locks
+      # (seen with py-spy: a worker's threads parked inside tfds's __init__, the trainer waiting).
+      with _READER_LOCK:
+        if self._reader is None:
+          import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+          builder = tfds.builder_from_directory(str(self.split.directory))
+          self._reader = builder.as_data_source(self.split.split).data_source  # bytes
+        reader = self._reader
+    return reader[index]
 
 
 class _GlobalBatches:
