@@ -1,4 +1,4 @@
-"""Image-quality metrics, as in the paper's evaluation (SSIM, PSNR) on images in [0, 1].
+"""Image-quality metrics, as in the paper's evaluation (SSIM, PSNR, L1) on images in [0, 1].
 
 SSIM follows Wang et al. 2004: an 11-tap Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03,
 computed per channel over the 'valid' region (no padding) and averaged over pixels and channels.
@@ -54,3 +54,10 @@ def psnr(a: jax.Array, b: jax.Array) -> jax.Array:
   """
   mse = jnp.mean((jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32)) ** 2, axis=(-3, -2, -1))
   return 10.0 * jnp.log10(1.0 / mse)
+
+
+@jax.jit
+def l1(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Mean absolute difference of images in [0, 1], ``[..., H, W, C]`` -> ``[...]``."""
+  return jnp.mean(jnp.abs(jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32)),
+                  axis=(-3, -2, -1))
