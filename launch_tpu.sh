@@ -1,32 +1,156 @@
 #!/usr/bin/env bash
-# launch_tpu.sh: run fewshot_jax jobs on a Cloud TPU VM.
-# This version prints its interface; the gcloud-driven subcommands land with the evaluation/sweeps
-# work (they will create, set up, train, sweep, report status, ssh and delete).
+# Run fewshot_jax on a Cloud TPU VM slice: create it, install the project on every worker, train
+# with multi-host initialisation, watch it, and delete it.
+#
+#   ./launch_tpu.sh create --name NAME --zone ZONE --accelerator v5litepod-16 --project PROJECT [--spot | --queued]
+#   ./launch_tpu.sh setup  --name NAME --zone ZONE --project PROJECT
+#   ./launch_tpu.sh train  --name NAME --zone ZONE --project PROJECT --config paper_256 --workdir gs://BUCKET/runs/x [-- --config.train.steps=1000]
+#   ./launch_tpu.sh status --name NAME --zone ZONE --project PROJECT
+#   ./launch_tpu.sh ssh    --name NAME --zone ZONE --project PROJECT [--worker 0]
+#   ./launch_tpu.sh delete --name NAME --zone ZONE --project PROJECT [--queued]
+#
+# --dry-run prints every gcloud command instead of running it. `train` resumes by itself: the
+# trainer picks up the workdir's latest checkpoint, so re-running `train` after a preemption (or
+# after `create` brings a spot slice back) continues the run. Arguments after `--` are passed to
+# `fewshot-jax train` (config overrides, --init).
 set -euo pipefail
 
 usage() {
-  cat <<'USAGE'
-usage: launch_tpu.sh SUBCOMMAND [options]
-
-subcommands (planned interface):
-  create   create the TPU VM (queued resource or spot)
-  setup    install fewshot-jax[tpu] on every worker
-  train    run `fewshot-jax train` on all workers (multi-host), resuming from --workdir
-  sweep    hand each run of an experiments/sweeps file to `train`
-  status   show the VM and job state
-  ssh      open a shell on a worker
-  delete   delete the VM
-
-options:
-  --name NAME --zone ZONE --accelerator TYPE (e.g. v5litepod-16) --project PROJECT
-  --config CONFIG --workdir gs://BUCKET/PATH --dry-run
-
-Not implemented yet in this build: it only prints this text.
-USAGE
+  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  exit "${1:-2}"
 }
 
-usage
-case "${1:-}" in
-  ""|-h|--help|help) exit 0 ;;
-  *) echo "launch_tpu.sh: subcommand '$1' is not implemented yet" >&2; exit 2 ;;
+die() {
+  echo "launch_tpu.sh: $*" >&2
+  exit 2
+}
+
+command="${1:-}"
+[[ -n "$command" ]] || usage
+shift
+
+name="" zone="" project="" accelerator="" version="" config="" workdir=""
+worker="0" remote_dir="fewshot_jax" spot=0 queued=0 dry_run=0
+train_args=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --name) name="$2"; shift 2 ;;
+    --zone) zone="$2"; shift 2 ;;
+    --project) project="$2"; shift 2 ;;
+    --accelerator) accelerator="$2"; shift 2 ;;
+    --version) version="$2"; shift 2 ;;
+    --config) config="$2"; shift 2 ;;
+    --workdir) workdir="$2"; shift 2 ;;
+    --worker) worker="$2"; shift 2 ;;
+    --remote-dir) remote_dir="$2"; shift 2 ;;
+    --spot) spot=1; shift ;;
+    --queued) queued=1; shift ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) usage 0 ;;
+    --) shift; train_args=("$@"); break ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+done
+
+require() {
+  local flag value
+  for flag in "$@"; do
+    value="${flag#--}"
+    value="${!value}"
+    [[ -n "$value" ]] || die "$command needs --$flag"
+  done
+}
+
+# Runs (or with --dry-run prints) one command, quoted so it can be pasted back into a shell.
+run() {
+  if [[ "$dry_run" == 1 ]]; then
+    printf '%q ' "$@"
+    printf '\n'
+  else
+    "$@"
+  fi
+}
+
+# The runtime image for an accelerator family, unless --version says otherwise.
+runtime_version() {
+  if [[ -n "$version" ]]; then
+    echo "$version"
+    return
+  fi
+  case "$accelerator" in
+    v6e-*) echo "v2-alpha-tpuv6e" ;;
+    v5litepod-*) echo "v2-alpha-tpuv5-lite" ;;
+    v5p-*) echo "v2-alpha-tpuv5" ;;
+    *) echo "tpu-ubuntu2204-base" ;;
+  esac
+}
+
+where=()
+set_where() {
+  require name zone project
+  where=(--zone="$zone" --project="$project")
+}
+
+# One shell line run on every worker; `set -e` there too, so a failed step fails the launch.
+on_all_workers() {
+  run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=all --command="set -euo pipefail; $1"
+}
+
+case "$command" in
+  create)
+    require accelerator
+    set_where
+    spot_flag=()
+    [[ "$spot" == 1 ]] && spot_flag=(--spot)
+    if [[ "$queued" == 1 ]]; then
+      run gcloud compute tpus queued-resources create "$name" --node-id="$name" "${where[@]}" \
+        --accelerator-type="$accelerator" --runtime-version="$(runtime_version)" "${spot_flag[@]}"
+    else
+      run gcloud compute tpus tpu-vm create "$name" "${where[@]}" \
+        --accelerator-type="$accelerator" --version="$(runtime_version)" "${spot_flag[@]}"
+    fi
+    ;;
+  setup)
+    set_where
+    # Ship exactly the committed tree (no local runs/ or .venv), then install with the tpu extra.
+    repo="$(cd "$(dirname "$0")" && pwd)"
+    archive="$(mktemp -d -t fewshot_jax.XXXXXX)/fewshot_jax.tar.gz"
+    trap 'rm -rf "$(dirname "$archive")"' EXIT
+    run git -C "$repo" archive --format=tar.gz --prefix="$remote_dir/" -o "$archive" HEAD
+    run gcloud compute tpus tpu-vm scp "$archive" "$name:fewshot_jax.tar.gz" "${where[@]}" --worker=all
+    on_all_workers "rm -rf $remote_dir && tar xzf fewshot_jax.tar.gz && cd $remote_dir && python3 -m venv .venv && .venv/bin/pip install --quiet -e '.[tpu]'"
+    ;;
+  train)
+    require config workdir
+    set_where
+    [[ "$workdir" == gs://* ]] || echo "launch_tpu.sh: warning: --workdir $workdir is not gs://; each worker writes its own disk" >&2
+    extra=""
+    if [[ ${#train_args[@]} -gt 0 ]]; then
+      extra=" $(printf '%q ' "${train_args[@]}")"
+    fi
+    # Detached, so the slice keeps training when this shell goes away; each worker logs to train.log.
+    on_all_workers "cd $remote_dir && nohup .venv/bin/fewshot-jax train --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --multihost${extra} > train.log 2>&1 < /dev/null &"
+    ;;
+  status)
+    set_where
+    if [[ "$queued" == 1 ]]; then
+      run gcloud compute tpus queued-resources describe "$name" "${where[@]}"
+    fi
+    run gcloud compute tpus tpu-vm describe "$name" "${where[@]}" --format="value(state,health,acceleratorType)"
+    run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=0 --command="tail -n 5 $remote_dir/train.log"
+    ;;
+  ssh)
+    set_where
+    run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker="$worker"
+    ;;
+  delete)
+    set_where
+    if [[ "$queued" == 1 ]]; then
+      run gcloud compute tpus queued-resources delete "$name" "${where[@]}" --force --quiet
+    else
+      run gcloud compute tpus tpu-vm delete "$name" "${where[@]}" --quiet
+    fi
+    ;;
+  -h|--help) usage 0 ;;
+  *) die "unknown command '$command': expected create | setup | train | status | ssh | delete" ;;
 esac
