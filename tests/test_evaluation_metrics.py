@@ -71,8 +71,10 @@ def test_landmark_error_follows_a_known_shift(backend, carphone):
   blank = face_metrics.face_scores([np.zeros_like(frame)], [frame], backend, None)
   assert not blank.detected.any() and np.isnan(blank.nme[0])
   assert blank.summary()["face_detected"] == 0.0
-  with pytest.raises(ValueError, match="ground-truth frame 0: no face"):
-    face_metrics.face_scores([frame], [np.zeros_like(frame)], backend, None)
+  # No face in the ground truth: the pair has no reference and is left out, not fatal.
+  no_ref = face_metrics.face_scores([frame, frame], [np.zeros_like(frame), frame], backend, None)
+  assert no_ref.reference.tolist() == [False, True] and np.isnan(no_ref.akd[0])
+  assert no_ref.summary()["reference_found"] == 0.5 and no_ref.summary()["akd"] == 0.0
 
 
 def test_csim_tells_the_same_person_from_a_different_one(backend, embedder, carphone):

@@ -96,3 +96,39 @@ def test_protocol_split_and_nearest_shot():
   target = np.full((1, 2, 68, 2), 9.0, np.float32)
   target[0, 1] = 4.0
   np.testing.assert_array_equal(protocol.nearest_shot(shot_points, target), [[2, 1]])
+
+
+def test_evaluate_writes_the_protocol_table_json_and_plot(trained, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from fewshot_jax import cli  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.prep import tfds_builder  # pylint: disable=g-import-not-at-top
+
+  workdir = trained[0]
+  config = tfds_builder.TalkingHeadsConfig(
+      name="eval_test", source="synthetic", image_size=32, num_train_videos=2, num_test_videos=3,
+      frames_per_video=8, frame_stride=8)
+  builder = tfds_builder.TalkingHeads(config=config, data_dir=tmp_path / "data",
+                                      file_format="array_record")
+  builder.download_and_prepare()
+  out = tmp_path / "eval"
+  assert cli.main(["evaluate", "--checkpoint", str(workdir), "--data-dir", str(tmp_path / "data"),
+                   "--shots", "1,2", "--methods", "ff,ft,nearest_shot", "--out", str(out)]) == 0
+  report = json.loads((out / "eval.json").read_text())
+  assert report["videos"] == 3 and report["shots"] == [1, 2] and report["step"] == 3
+  assert set(report["results"]) == {"k1", "k2"}
+  for per_k in report["results"].values():
+    assert set(per_k) == {"ff", "ft", "nearest_shot"}
+    for row in per_k.values():
+      assert -1 <= row["ssim"] <= 1 and row["psnr"] > 0 and 0 <= row["l1"] <= 1
+      assert {"csim", "nme", "akd", "face_detected", "reference_found"} <= set(row)
+  table = (out / "table.md").read_text().splitlines()
+  assert table[0].startswith("| method | K | SSIM")
+  assert [r.split("|")[1:3] for r in table[2:8]] == [
+      [" FF ", " 1 "], [" FF ", " 2 "], [" FT ", " 1 "], [" FT ", " 2 "],
+      [" nearest shot ", " 1 "], [" nearest shot ", " 2 "]]
+  assert Image.open(out / "metrics_vs_k.png").size[0] > 600
+  # K that does not fit the first half of the 8-frame videos: one line, exit status 2.
+  assert cli.main(["evaluate", "--checkpoint", str(workdir), "--data-dir", str(tmp_path / "data"),
+                   "--shots", "8", "--out", str(tmp_path / "bad")]) == 2

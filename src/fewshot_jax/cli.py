@@ -175,6 +175,18 @@ def cmd_data_verify(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   return 0 if report["ok"] else 1
 
 
+def cmd_evaluate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+  from fewshot_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+
+  result = report.evaluate_command(
+      args.checkpoint, args.data_dir, args.dataset, args.split, report.parse_list(args.shots),
+      report.parse_list(args.methods, str), args.out, args.face_metrics, args.landmarks,
+      args.max_videos, overrides)
+  print((pathlib.Path(args.out) / "table.md").read_text())
+  print(json.dumps({"out": args.out, "seconds": result["seconds"]}))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="fewshot-jax",
@@ -201,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_train)
 
   cli_inference.add_parsers(sub)
+
+  p = sub.add_parser("evaluate", help="the paper's self-reenactment protocol on held-out videos")
+  p.add_argument("--checkpoint", "--run", dest="checkpoint", required=True)
+  p.add_argument("--data-dir", required=True, help="prepared shards (a TFDS data dir or version dir)")
+  p.add_argument("--dataset", default="", help="e.g. talking_heads/voxceleb2 when DATA has several")
+  p.add_argument("--split", default="test")
+  p.add_argument("--shots", default="1,8,32", help="comma-separated K values")
+  p.add_argument("--methods", default="ff,ft", help="comma-separated: ff, ft, nearest_shot")
+  p.add_argument("--out", required=True, help="directory for eval.json, table.md, metrics_vs_k.png")
+  p.add_argument("--max-videos", type=int, default=None, help="evaluate the first N videos only")
+  p.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=True,
+                 help="CSIM, NME and AKD (needs dlib)")
+  p.add_argument("--landmarks", choices=("dlib", "fan"), default="dlib")
+  p.set_defaults(func=cmd_evaluate, user_errors=True)
 
   p = sub.add_parser("convert-weights", help="convert a PyTorch VGG checkpoint to safetensors")
   p.add_argument("--kind", choices=("vgg19", "vggface"), required=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from fewshot_jax import landmarks as lmk
 from fewshot_jax.atomic_files import write_text
-from fewshot_jax.data import synthetic
+from fewshot_jax.data import shards, synthetic
 from fewshot_jax.data.episodes import EpisodeSource
 from fewshot_jax.evaluation import protocol
 from fewshot_jax.images import to_uint8
@@ -57,23 +57,6 @@ def build_shards(cfg: ml_collections.ConfigDict, data_dir: pathlib.Path) -> path
   return pathlib.Path(builder.data_dir)
 
 
-def read_split(directory: pathlib.Path, split: str) -> dict[str, np.ndarray]:
-  """A whole split decoded into arrays, in ``video_index`` order (for evaluation)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-
-  from fewshot_jax.data import shards  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.prep import jpeg  # pylint: disable=g-import-not-at-top
-
-  parse = shards.RecordParser(directory)
-  raw = tfds.builder_from_directory(str(directory)).as_data_source(split).data_source
-  videos = sorted((parse(raw[i]) for i in range(len(raw))), key=lambda v: v["video_index"])
-  return {
-      "frames": np.stack([np.stack([jpeg.decode(f) for f in v["frames"]]) for v in videos]),
-      "landmarks": np.stack([v["landmarks"] for v in videos]),
-      "keys": np.asarray([v["key"] for v in videos]),
-  }
-
-
 def check_margins(results: dict[str, Any]) -> dict[str, bool]:
   """The four learning checks the demo must pass (see README)."""
   k1, k8 = results["k1"], results["k8"]
@@ -96,7 +79,7 @@ def run_demo(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   log.info("synthetic shards: %d training and %d held-out videos", cfg.data.num_train_videos,
            cfg.data.num_eval_videos)
   dataset_dir = build_shards(cfg, workdir / "data")
-  held = read_split(dataset_dir, "test")
+  held = shards.read_videos(dataset_dir, "test")
   held_seeds = range(synthetic.HELDOUT_SEED_OFFSET,
                      synthetic.HELDOUT_SEED_OFFSET + cfg.data.num_eval_videos)
   expected_keys = [f"synthetic/{s}" for s in held_seeds]

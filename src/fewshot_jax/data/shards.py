@@ -137,3 +137,53 @@ class RecordParser:
         "video_index": int(ex["video_index"]),
         "key": key.decode() if isinstance(key, bytes) else str(key),
     }
+
+
+def iter_records(split: Split):
+  """Every serialized example of ``split``, shard by shard, in storage order (no TensorFlow)."""
+  if split.file_format == "array_record":
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+    for path in split.files:
+      reader = array_record_module.ArrayRecordReader(str(path))
+      try:
+        for i in range(reader.num_records()):
+          yield reader.read([i])[0]
+      finally:
+        reader.close()
+  else:
+    from grain import experimental as gx  # pylint: disable=g-import-not-at-top
+    for path in split.files:
+      yield from gx.TFRecordIterDataset(str(path))
+
+
+def read_videos(
+    directory: str | os.PathLike, split: str, max_videos: int | None = None
+) -> dict[str, np.ndarray]:
+  """A split's videos decoded into arrays, in ``video_index`` order (for evaluation).
+
+  Returns:
+    ``frames`` uint8 ``[V, T, S, S, 3]``, ``landmarks`` f32 ``[V, T, 68, 2]``, ``keys`` ``[V]``.
+
+  Raises:
+    ValueError: the videos have different frame counts (they cannot be stacked; the message names
+      two of them).
+  """
+  from fewshot_jax.prep import jpeg  # pylint: disable=g-import-not-at-top
+
+  s = open_split(directory, split)
+  parse = s.parser()
+  videos = sorted((parse(r) for r in iter_records(s)), key=lambda v: v["video_index"])
+  if max_videos is not None:
+    videos = videos[:max_videos]
+  lengths = {len(v["frames"]) for v in videos}
+  if len(lengths) > 1:
+    short = min(videos, key=lambda v: len(v["frames"]))
+    long = max(videos, key=lambda v: len(v["frames"]))
+    raise ValueError(f"{directory} split {split!r}: videos have {sorted(lengths)} frames (e.g. "
+                     f"{short['key']}: {len(short['frames'])}, {long['key']}: "
+                     f"{len(long['frames'])}); evaluation needs equal lengths")
+  return {
+      "frames": np.stack([np.stack([jpeg.decode(f) for f in v["frames"]]) for v in videos]),
+      "landmarks": np.stack([v["landmarks"] for v in videos]),
+      "keys": np.asarray([v["key"] for v in videos]),
+  }

@@ -1,0 +1,222 @@
+"""``fewshot-jax evaluate``: the paper's self-reenactment protocol on held-out videos, as files.
+
+For each K and method (``protocol.reenact``: shots from the first half of each video, targets from
+the second), every generated target is scored against its ground truth:
+
+* SSIM, PSNR and L1 on images in [0, 1];
+* CSIM, NME and AKD with a face model (``face_metrics``), unless switched off. Frames smaller than
+  ``FACE_MIN_SIZE`` are upscaled (bicubic) first, because dlib's HOG detector does not find faces
+  much under 80 px; AKD is reported in the model's own pixels.
+
+It writes ``eval.json`` (every number and the settings), ``table.md`` (laid out like the paper's
+Table 1: a row per method and K) and ``metrics_vs_k.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fewshot_jax.atomic_files import atomic_path, write_text
+from fewshot_jax.evaluation import metrics as image_metrics
+from fewshot_jax.evaluation import protocol
+from fewshot_jax.progress import Progress
+
+METHODS = ("ff", "ft", "nearest_shot")
+FACE_MIN_SIZE = 256
+# (key, column title, format, higher is better)
+COLUMNS = (
+    ("ssim", "SSIM ↑", "{:.3f}", True),
+    ("psnr", "PSNR ↑", "{:.2f}", True),
+    ("l1", "L1 ↓", "{:.4f}", False),
+    ("csim", "CSIM ↑", "{:.3f}", True),
+    ("nme", "NME ↓", "{:.4f}", False),
+    ("akd", "AKD px ↓", "{:.2f}", False),
+    ("face_detected", "face found ↑", "{:.0%}", True),
+)
+
+
+@dataclasses.dataclass
+class EvalSettings:
+  shots: tuple[int, ...]
+  methods: tuple[str, ...]
+  face_metrics: bool = True
+  landmarks: str = "dlib"
+
+
+def _upscaled(frames: np.ndarray, factor: int) -> list[np.ndarray]:
+  if factor == 1:
+    return list(frames)
+  size = frames.shape[1] * factor
+  return [np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BICUBIC))
+          for f in frames]
+
+
+def score_pairs(fake: np.ndarray, real: np.ndarray, backend: Any, embedder: Any,
+                progress: Progress | None = None) -> dict[str, float]:
+  """Mean metrics of uint8 generated vs real frames ``[N, S, S, 3]``."""
+  a = fake.astype(np.float32) / 255.0
+  b = real.astype(np.float32) / 255.0
+  out = {"ssim": float(np.mean(image_metrics.ssim(a, b))),
+         "psnr": float(np.mean(image_metrics.psnr(a, b))),
+         "l1": float(np.mean(image_metrics.l1(a, b)))}
+  if backend is not None:
+    from fewshot_jax.evaluation import face_metrics  # pylint: disable=g-import-not-at-top
+
+    factor = max(1, math.ceil(FACE_MIN_SIZE / fake.shape[1]))
+    scores = face_metrics.face_scores(_upscaled(fake, factor), _upscaled(real, factor), backend,
+                                      embedder)
+    summary = scores.summary()
+    summary["akd"] /= factor
+    out.update(summary)
+  if progress is not None:
+    progress.update(len(fake))
+  return out
+
+
+def evaluate(
+    run: Any,
+    frames: np.ndarray,
+    points: np.ndarray,
+    settings: EvalSettings,
+    out_dir: str | os.PathLike,
+    data_description: str = "",
+) -> dict[str, Any]:
+  """Runs the protocol for every K in ``settings.shots`` and writes the three files.
+
+  Args:
+    run: a ``LoadedRun`` (EMA weights).
+    frames: uint8 ``[V, T, S, S, 3]`` held-out videos; ``points``: ``[V, T, 68, 2]``.
+    settings: shots, methods and whether to compute the face metrics.
+    out_dir: where ``eval.json``, ``table.md`` and ``metrics_vs_k.png`` go.
+    data_description: where the videos came from (recorded in eval.json).
+  """
+  from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
+
+  unknown = sorted(set(settings.methods) - set(METHODS))
+  if unknown:
+    raise ValueError(f"unknown methods {unknown}: expected some of {METHODS}")
+  half = frames.shape[1] // 2
+  too_many = [k for k in settings.shots if k > half]
+  if too_many:
+    raise ValueError(f"K={too_many} shots do not fit in the first half ({half} frames) of the "
+                     f"{frames.shape[1]}-frame held-out videos")
+  t0 = time.perf_counter()
+  backend = embedder = None
+  if settings.face_metrics:
+    from fewshot_jax.evaluation.face_metrics import DlibFaceEmbedder  # pylint: disable=g-import-not-at-top
+    from fewshot_jax.prep.backends import make_backend  # pylint: disable=g-import-not-at-top
+    backend = make_backend(settings.landmarks)
+    embedder = DlibFaceEmbedder()
+  cfg = run.config
+  content = build_content_loss(cfg.loss)
+  _, targets = protocol.split_video(frames.shape[1], 1, cfg.eval.targets_per_video)
+  per_k = len(frames) * len(targets) * len(settings.methods)
+  progress = Progress(per_k * len(settings.shots), "score", "frames")
+  results: dict[str, dict[str, dict[str, float]]] = {}
+  for k in settings.shots:
+    r = protocol.reenact(run.graphdef, run.vars, cfg, content, frames, points, k,
+                         tuple(settings.methods))
+    _, targets = protocol.split_video(frames.shape[1], k, cfg.eval.targets_per_video)
+    real = frames[:, targets].reshape((-1,) + frames.shape[2:])
+    results[f"k{k}"] = {
+        m: score_pairs(r.images[m].reshape(real.shape), real, backend, embedder, progress)
+        for m in settings.methods}
+  report = {
+      "checkpoint": str(run.workdir), "step": run.step,
+      "data": data_description, "videos": int(len(frames)), "frames_per_video": int(frames.shape[1]),
+      "targets_per_video": int(cfg.eval.targets_per_video),
+      "shots": list(settings.shots), "methods": list(settings.methods),
+      "finetune_steps": int(cfg.finetune.steps),
+      "face_metrics": ({"landmarks": backend.version, "csim": embedder.name,
+                        "upscaled_to_at_least": FACE_MIN_SIZE} if backend else None),
+      "fid": None,  # needs Inception weights; none ship with this build
+      "results": results,
+      "seconds": round(time.perf_counter() - t0, 1),
+  }
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  write_text(out / "eval.json", json.dumps(report, indent=2, allow_nan=True) + "\n")
+  write_text(out / "table.md", format_table(report))
+  plot_metrics(report, out / "metrics_vs_k.png")
+  return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+  """Markdown in the shape of the paper's Table 1: one row per method and K."""
+  cols = [c for c in COLUMNS
+          if any(c[0] in m for per_k in report["results"].values() for m in per_k.values())]
+  lines = ["| method | K | " + " | ".join(c[1] for c in cols) + " |",
+           "|---|---|" + "---|" * len(cols)]
+  for method in report["methods"]:
+    for key, per_k in report["results"].items():
+      row = per_k[method]
+      cells = [fmt.format(row[c]) if c in row and math.isfinite(row[c]) else "–"
+               for c, _, fmt, _ in cols]
+      lines.append(f"| {method.upper() if method != 'nearest_shot' else 'nearest shot'} | "
+                   f"{key[1:]} | " + " | ".join(cells) + " |")
+  fid = "FID: not computed (no Inception weights)." if report.get("fid") is None else ""
+  return "\n".join(lines) + f"\n\n{report['videos']} held-out videos × " \
+      f"{report['targets_per_video']} targets; FT = {report['finetune_steps']} steps. {fid}\n"
+
+
+def plot_metrics(report: dict[str, Any], path: pathlib.Path) -> None:
+  """One panel per metric against K, a line per method."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  ks = [int(k[1:]) for k in report["results"]]
+  first = next(iter(report["results"].values()))
+  cols = [c for c in COLUMNS if any(c[0] in m for m in first.values())]
+  fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.0), squeeze=False)
+  for ax, (key, title, _, _) in zip(axes[0], cols):
+    for method in report["methods"]:
+      ys = [report["results"][f"k{k}"][method].get(key, float("nan")) for k in ks]
+      ax.plot(ks, ys, marker="o", label=method)
+    ax.set_title(title)
+    ax.set_xlabel("K (shots)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.grid(alpha=0.3)
+  axes[0][0].legend()
+  fig.tight_layout()
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=110)
+  plt.close(fig)
+
+
+def parse_list(text: str, kind: type = int) -> tuple[Any, ...]:
+  """``"1,8,32"`` -> ``(1, 8, 32)``."""
+  try:
+    return tuple(kind(x) for x in text.split(",") if x.strip())
+  except ValueError as e:
+    raise ValueError(f"{text!r}: expected a comma-separated list of {kind.__name__}") from e
+
+
+def evaluate_command(checkpoint: str, data_dir: str, dataset: str, split: str, shots: Sequence[int],
+                     methods: Sequence[str], out: str, face: bool, landmarks: str,
+                     max_videos: int | None, overrides: Sequence[str]) -> dict[str, Any]:
+  """What ``fewshot-jax evaluate`` runs: load, read the held-out split, evaluate, write."""
+  from fewshot_jax.data import shards  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
+
+  run = load_run(checkpoint, overrides=overrides)
+  directory = shards.find_dataset_dir(data_dir, dataset)
+  held = shards.read_videos(directory, split, max_videos)
+  size = run.config.model.image_size
+  if held["frames"].shape[2] != size:
+    raise ValueError(f"{directory}: frames are {held['frames'].shape[2]} px, the checkpoint's "
+                     f"model.image_size is {size}")
+  return evaluate(run, held["frames"], held["landmarks"],
+                  EvalSettings(tuple(shots), tuple(methods), face, landmarks), out,
+                  data_description=f"{directory} split {split}")
