@@ -4,7 +4,7 @@
 #
 #   ./launch_tpu.sh create --name NAME --zone ZONE --accelerator v5litepod-16 --project PROJECT [--spot | --queued]
 #   ./launch_tpu.sh setup  --name NAME --zone ZONE --project PROJECT
-#   ./launch_tpu.sh train  --name NAME --zone ZONE --project PROJECT --config paper_256 --workdir gs://BUCKET/runs/x [-- --config.train.steps=1000]
+#   ./launch_tpu.sh train  --name NAME --zone ZONE --project PROJECT --config paper_256 --workdir gs://BUCKET/runs/x [--foreground] [-- --config.train.steps=1000]
 #   ./launch_tpu.sh status --name NAME --zone ZONE --project PROJECT
 #   ./launch_tpu.sh ssh    --name NAME --zone ZONE --project PROJECT [--worker 0]
 #   ./launch_tpu.sh delete --name NAME --zone ZONE --project PROJECT [--queued]
@@ -12,11 +12,13 @@
 # --dry-run prints every gcloud command instead of running it. `train` resumes by itself: the
 # trainer picks up the workdir's latest checkpoint, so re-running `train` after a preemption (or
 # after `create` brings a spot slice back) continues the run. Arguments after `--` are passed to
-# `fewshot-jax train` (config overrides, --init).
+# `fewshot-jax train` (config overrides, --init). `train --foreground` waits for the run to end, which
+# is how `fewshot-jax sweep --runner tpu` runs a sweep's runs one after another on one slice.
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  # The comment block at the top of this file.
+  sed -n '2,/^set -euo pipefail$/{/^#/p;}' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-2}"
 }
 
@@ -30,7 +32,7 @@ command="${1:-}"
 shift
 
 name="" zone="" project="" accelerator="" version="" config="" workdir=""
-worker="0" remote_dir="fewshot_jax" spot=0 queued=0 dry_run=0
+worker="0" remote_dir="fewshot_jax" spot=0 queued=0 dry_run=0 foreground=0
 train_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -46,6 +48,7 @@ while [[ $# -gt 0 ]]; do
     --spot) spot=1; shift ;;
     --queued) queued=1; shift ;;
     --dry-run) dry_run=1; shift ;;
+    --foreground) foreground=1; shift ;;
     -h|--help) usage 0 ;;
     --) shift; train_args=("$@"); break ;;
     *) die "unknown option '$1' (see --help)" ;;
@@ -128,8 +131,14 @@ case "$command" in
     if [[ ${#train_args[@]} -gt 0 ]]; then
       extra=" $(printf '%q ' "${train_args[@]}")"
     fi
-    # Detached, so the slice keeps training when this shell goes away; each worker logs to train.log.
-    on_all_workers "cd $remote_dir && nohup .venv/bin/fewshot-jax train --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --multihost${extra} > train.log 2>&1 < /dev/null &"
+    train_cmd=".venv/bin/fewshot-jax train --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --multihost${extra}"
+    if [[ "$foreground" == 1 ]]; then
+      # Until the run ends (a sweep runs its runs one after another on the slice).
+      on_all_workers "cd $remote_dir && $train_cmd 2>&1 | tee train.log"
+    else
+      # Detached, so the slice keeps training when this shell goes away; each worker logs to train.log.
+      on_all_workers "cd $remote_dir && nohup $train_cmd > train.log 2>&1 < /dev/null &"
+    fi
     ;;
   status)
     set_where

@@ -15,7 +15,6 @@ import os
 import pathlib
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from fewshot_jax import cli_inference
 
@@ -76,38 +75,11 @@ def _init_distributed(args: argparse.Namespace) -> None:
       jax.local_device_count(), jax.device_count())
 
 
-def train_sources(cfg) -> tuple[Any, Any]:
-  """The training and held-out episode sources that ``cfg.data`` names."""
-  from fewshot_jax.data import episodes  # pylint: disable=g-import-not-at-top
-
-  dc = cfg.data
-  if dc.source == "shards":
-    if not dc.data_dir:
-      raise SystemExit("data.source='shards' needs --config.data.data_dir=DIR (a TFDS data dir)")
-    source = episodes.EpisodeSource.from_shards(dc.data_dir, dc.dataset, dc.train_split)
-    try:
-      held = episodes.EpisodeSource.from_shards(dc.data_dir, dc.dataset, dc.eval_split)
-    except KeyError:
-      held = None
-    return source, held
-  if dc.source == "synthetic":
-    from fewshot_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-
-    def render(seeds):
-      data = synthetic.make_dataset(list(seeds), dc.frames_per_video, cfg.model.image_size,
-                                    workers=dc.workers, progress=True,
-                                    frame_stride=dc.frame_stride)
-      return episodes.EpisodeSource.from_arrays(data["frames"], data["landmarks"])
-
-    off = synthetic.HELDOUT_SEED_OFFSET
-    held = render(range(off, off + dc.num_eval_videos)) if dc.num_eval_videos else None
-    return render(range(dc.num_train_videos)), held
-  raise SystemExit(f"data.source={dc.source!r}: expected 'shards' or 'synthetic'")
-
-
 def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   _init_distributed(args)
   from fewshot_jax.train.loop import train  # pylint: disable=g-import-not-at-top
+
+  from fewshot_jax.data.sources import train_sources  # pylint: disable=g-import-not-at-top
 
   cfg = _config(args, overrides)
   source, held = train_sources(cfg)
@@ -187,6 +159,21 @@ def cmd_evaluate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   return 0
 
 
+def cmd_sweep(args: argparse.Namespace, overrides: Sequence[str]) -> int:
+  from fewshot_jax import sweep  # pylint: disable=g-import-not-at-top
+
+  runs = sweep.load_sweep(args.sweep)
+  if args.runner == "tpu":
+    tpu = {"name": args.tpu_name, "zone": args.zone, "project": args.project}
+    sweep.run_tpu(runs, args.workdir, tpu, overrides, dry_run=args.dry_run)
+    return 0
+  rows = sweep.run_local(runs, args.workdir, overrides, face_metrics=args.face_metrics,
+                         dry_run=args.dry_run)
+  if rows:
+    print((pathlib.Path(args.workdir) / "results.md").read_text())
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="fewshot-jax",
@@ -210,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--coordinator", help="host:port of process 0 (multi-process, not TPU)")
   p.add_argument("--num-processes", type=int)
   p.add_argument("--process-id", type=int)
-  p.set_defaults(func=cmd_train)
+  p.set_defaults(func=cmd_train, user_errors=True)
 
   cli_inference.add_parsers(sub)
 
@@ -227,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
                  help="CSIM, NME and AKD (needs dlib)")
   p.add_argument("--landmarks", choices=("dlib", "fan"), default="dlib")
   p.set_defaults(func=cmd_evaluate, user_errors=True)
+
+  p = sub.add_parser("sweep", help="train and evaluate every run of experiments/sweeps/SWEEP.py")
+  p.add_argument("sweep", help="a sweep name in experiments/sweeps (or a path), with :arg")
+  p.add_argument("--workdir", required=True, help="one folder per run, and the results")
+  p.add_argument("--runner", choices=("local", "tpu"), default="local")
+  p.add_argument("--dry-run", action="store_true", help="print the runs (or commands) only")
+  p.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=False,
+                 help="local: CSIM/NME/AKD in each run's evaluation (needs dlib)")
+  p.add_argument("--tpu-name", help="tpu: the TPU VM (see launch_tpu.sh create)")
+  p.add_argument("--zone")
+  p.add_argument("--project")
+  p.set_defaults(func=cmd_sweep, user_errors=True)
 
   p = sub.add_parser("convert-weights", help="convert a PyTorch VGG checkpoint to safetensors")
   p.add_argument("--kind", choices=("vgg19", "vggface"), required=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import json
 import pathlib
 import sys
@@ -24,14 +25,13 @@ EXPERIMENTS = REPO_ROOT / "experiments"
 
 def resolve_config_path(name: str) -> pathlib.Path:
   """Maps a config name or path to an existing ``.py`` file, or raises FileNotFoundError."""
-  p = pathlib.Path(name)
-  if p.suffix == ".py" and p.is_file():
-    return p.resolve()
-  candidate = EXPERIMENTS / f"{name}.py"
-  if candidate.is_file():
-    return candidate
+  candidates = [pathlib.Path(name), EXPERIMENTS / name, EXPERIMENTS / f"{name}.py"]
+  for candidate in candidates:
+    if candidate.suffix == ".py" and candidate.is_file():
+      return candidate.resolve()
   raise FileNotFoundError(
-      f"config {name!r}: no such file, and no {candidate} (configs are experiments/*.py)"
+      f"config {name!r}: no such file, and no {candidates[-1]} (configs are experiments/*.py, "
+      "ablations are experiments/ablations/*.py)"
   )
 
 

@@ -1,0 +1,17 @@
+"""Ablation: two D updates per G update (the paper's v2 setting).
+
+Applies to any config named after the colon (default `ablation_64`):
+  fewshot-jax train --config ablations/d_steps_2.py:paper_256 --workdir ...
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from fewshot_jax import config as config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = config_lib.load_config(arg or "ablation_64")
+  c.train.d_steps = 2
+  return c

@@ -1,0 +1,17 @@
+"""Ablation: one shot per episode during meta-learning (K = 1).
+
+Applies to any config named after the colon (default `ablation_64`):
+  fewshot-jax train --config ablations/k_train_1.py:paper_256 --workdir ...
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from fewshot_jax import config as config_lib
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = config_lib.load_config(arg or "ablation_64")
+  c.train.k_shots = 1
+  return c

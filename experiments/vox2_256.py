@@ -1,0 +1,23 @@
+"""The paper's setup on VoxCeleb2 shards from data prep (``fewshot-jax prepare``), at 256x256.
+
+Run: fewshot-jax train --config vox2_256 --workdir gs://BUCKET/runs/vox2 \
+       --config.data.data_dir=gs://BUCKET/data --multihost
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments import paper_256
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = paper_256.get_config(arg)
+  c.data.source = "shards"
+  c.data.dataset = "talking_heads/voxceleb2"
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  # A TPU host has the cores for it: decoding 8 x 256 px JPEGs per episode off the trainer.
+  c.data.workers = 8
+  c.train.eval_every = 10_000
+  return c

@@ -1,0 +1,217 @@
+"""``fewshot-jax sweep``: run a list of configs (an ablation study) and collect their results.
+
+A sweep is a module in ``experiments/sweeps/`` (or any path) with ``get_sweep(arg) -> list[dict]``,
+each dict a run: ``name`` (its folder under the sweep's workdir), ``config`` (a config name or
+path, with ``:arg``) and ``overrides`` (``"section.field=value"`` strings).
+
+Runners:
+  * ``local``: each run in turn in this process: train (which resumes from the run's checkpoint),
+    then the evaluation protocol on the config's held-out videos into ``<run>/eval``. A run whose
+    ``eval/eval.json`` exists is done and skipped, so a sweep that was stopped picks up where it
+    was. Then ``results.csv``, ``results.md`` and ``results.png`` are written over all runs.
+  * ``tpu``: each run is handed to ``launch_tpu.sh train --foreground`` on an existing TPU VM
+    (``--tpu-name``, ``--zone``, ``--project``), one after another (a slice trains one run at a
+    time), with the run's workdir under the sweep's (a gs:// path). Evaluate afterwards with the
+    local runner pointed at the same workdir: finished runs resume at their last step and go
+    straight to evaluation.
+
+``--dry-run`` prints what would run (the runs' configs, or the launch commands) and runs nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import io
+import json
+import math
+import pathlib
+import re
+import shlex
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+from fewshot_jax import config as config_lib
+from fewshot_jax.atomic_files import atomic_path, write_text
+
+SWEEPS = config_lib.EXPERIMENTS / "sweeps"
+LAUNCHER = config_lib.REPO_ROOT / "launch_tpu.sh"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  name: str
+  config: str
+  overrides: tuple[str, ...] = ()
+
+
+def load_sweep(spec: str) -> list[RunSpec]:
+  """Imports ``experiments/sweeps/NAME.py`` (or a path) and validates its runs.
+
+  Raises:
+    FileNotFoundError: no such sweep.
+    ValueError: a run without a usable name or config, or two runs with one name.
+  """
+  name, _, arg = spec.partition(":")
+  path = pathlib.Path(name)
+  if not (path.suffix == ".py" and path.is_file()):
+    path = SWEEPS / f"{name}.py"
+  if not path.is_file():
+    known = sorted(p.stem for p in SWEEPS.glob("*.py"))
+    raise FileNotFoundError(f"sweep {name!r}: no {path} (sweeps: {known})")
+  module_spec = importlib.util.spec_from_file_location(f"sweep_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  runs = []
+  for i, entry in enumerate(module.get_sweep(arg or None)):
+    run_name = entry.get("name", "")
+    if not _NAME.match(run_name):
+      raise ValueError(f"{path}: run {i} has name {run_name!r}; expected letters, digits, _ . -")
+    if not entry.get("config"):
+      raise ValueError(f"{path}: run {run_name!r} has no config")
+    runs.append(RunSpec(run_name, entry["config"], tuple(entry.get("overrides", ()))))
+  names = [r.name for r in runs]
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f"{path}: run names {duplicates} appear more than once")
+  return runs
+
+
+def run_config(run: RunSpec, extra: Sequence[str] = ()):
+  """The run's full config: its config file, its overrides, then the sweep-wide ``extra``."""
+  return config_lib.apply_overrides(config_lib.load_config(run.config),
+                                    list(run.overrides) + list(extra))
+
+
+def _done(rundir: pathlib.Path) -> bool:
+  return (rundir / "eval" / "eval.json").is_file()
+
+
+def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Sequence[str] = (),
+              face_metrics: bool = False, dry_run: bool = False) -> list[dict[str, Any]]:
+  """Trains and evaluates each run in turn (skipping finished ones); returns the results rows."""
+  workdir = pathlib.Path(workdir)
+  configs = [run_config(r, extra) for r in runs]  # every config is checked before anything runs
+  if dry_run:
+    for r, cfg in zip(runs, configs):
+      state = "done" if _done(workdir / r.name) else "to run"
+      print(f"{r.name}: {r.config} {' '.join(r.overrides + tuple(extra))} "
+            f"({cfg.train.steps} steps, {state}) -> {workdir / r.name}")
+    return []
+  from fewshot_jax.data.sources import heldout_arrays, train_sources  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.train.loop import train  # pylint: disable=g-import-not-at-top
+
+  for i, (r, cfg) in enumerate(zip(runs, configs)):
+    rundir = workdir / r.name
+    if _done(rundir):
+      print(f"sweep {i + 1}/{len(runs)} {r.name}: done, skipped", flush=True)
+      continue
+    print(f"sweep {i + 1}/{len(runs)} {r.name}: {r.config} {' '.join(r.overrides)}", flush=True)
+    source, held = train_sources(cfg)
+    if held is None:
+      raise ValueError(f"run {r.name}: its config has no held-out videos to evaluate on "
+                       "(data.num_eval_videos = 0, or no data.eval_split in the shards)")
+    train(cfg, rundir, source)
+    frames, points = heldout_arrays(held)
+    settings = report.EvalSettings(tuple(cfg.eval.shots), ("ff", "ft"), face_metrics)
+    report.evaluate(load_run(rundir), frames, points, settings, rundir / "eval",
+                    data_description=f"{cfg.data.source} held-out videos")
+  return collect(runs, workdir)
+
+
+def launch_commands(runs: Sequence[RunSpec], workdir: str, tpu: dict[str, str],
+                    extra: Sequence[str] = ()) -> list[list[str]]:
+  """The ``launch_tpu.sh train`` command of each run."""
+  for key in ("name", "zone", "project"):
+    if not tpu.get(key):
+      raise ValueError(f"--runner tpu needs --tpu-{key}" if key == "name" else
+                       f"--runner tpu needs --{key}")
+  commands = []
+  for r in runs:
+    run_config(r, extra)  # fail here, not on the TPU, for a config that does not load
+    overrides = [o if o.startswith("--config.") else f"--config.{o}"
+                 for o in list(r.overrides) + list(extra)]
+    commands.append(["bash", str(LAUNCHER), "train", "--foreground", "--name", tpu["name"],
+                     "--zone", tpu["zone"], "--project", tpu["project"], "--config", r.config,
+                     "--workdir", f"{workdir.rstrip('/')}/{r.name}", "--", *overrides])
+  return commands
+
+
+def run_tpu(runs: Sequence[RunSpec], workdir: str, tpu: dict[str, str], extra: Sequence[str] = (),
+            dry_run: bool = False) -> None:
+  for command in launch_commands(runs, workdir, tpu, extra):
+    if dry_run:
+      print(shlex.join(command))
+    else:
+      subprocess.run(command, check=True)
+
+
+# What the results table shows, per K: (method, metric).
+_SHOWN = (("ff", "ssim"), ("ff", "psnr"), ("ft", "ssim"), ("ft", "psnr"))
+
+
+def collect(runs: Sequence[RunSpec], workdir: pathlib.Path) -> list[dict[str, Any]]:
+  """Reads every finished run's eval.json; writes results.csv, results.md and results.png."""
+  rows = []
+  for r in runs:
+    path = workdir / r.name / "eval" / "eval.json"
+    if not path.is_file():
+      continue
+    ev = json.loads(path.read_text())
+    row: dict[str, Any] = {"run": r.name, "config": r.config,
+                           "overrides": " ".join(r.overrides), "step": ev["step"]}
+    for k, per_method in ev["results"].items():
+      for method, values in per_method.items():
+        for metric, value in values.items():
+          row[f"{k}_{method}_{metric}"] = value
+    rows.append(row)
+  if not rows:
+    return rows
+  fields = list(dict.fromkeys(key for row in rows for key in row))
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=fields)
+  writer.writeheader()
+  writer.writerows(rows)
+  write_text(workdir / "results.csv", buf.getvalue())
+  ks = sorted({int(key.split("_")[0][1:]) for key in fields if re.match(r"^k\d+_", key)})
+  head = [f"{m.upper()} {metric.upper()} K={k}" for k in ks for m, metric in _SHOWN]
+  lines = ["| run | steps | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+  for row in rows:
+    cells = []
+    for k in ks:
+      for m, metric in _SHOWN:
+        v = row.get(f"k{k}_{m}_{metric}", float("nan"))
+        cells.append("–" if not math.isfinite(v) else
+                     (f"{v:.3f}" if metric == "ssim" else f"{v:.2f}"))
+    lines.append(f"| {row['run']} | {row['step']} | " + " | ".join(cells) + " |")
+  write_text(workdir / "results.md", "\n".join(lines) + "\n")
+  _plot(rows, ks, workdir / "results.png")
+  return rows
+
+
+def _plot(rows: list[dict[str, Any]], ks: list[int], path: pathlib.Path) -> None:
+  """SSIM of FF and FT per run, one panel per K."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, len(ks), figsize=(1.2 + 1.1 * len(rows) * len(ks), 3.2),
+                           squeeze=False)
+  names = [row["run"] for row in rows]
+  for ax, k in zip(axes[0], ks):
+    for j, method in enumerate(("ff", "ft")):
+      values = [row.get(f"k{k}_{method}_ssim", float("nan")) for row in rows]
+      ax.bar([i + 0.4 * j for i in range(len(rows))], values, width=0.4, label=method.upper())
+    ax.set_xticks([i + 0.2 for i in range(len(rows))], names, rotation=30, ha="right")
+    ax.set_title(f"SSIM, K = {k}")
+    ax.grid(axis="y", alpha=0.3)
+  axes[0][0].legend()
+  fig.tight_layout()
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", dpi=110)
+  plt.close(fig)
