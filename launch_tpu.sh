@@ -3,12 +3,14 @@
 # with multi-host initialisation, watch it, and delete it.
 #
 #   ./launch_tpu.sh create --name NAME --zone ZONE --accelerator v5litepod-16 --project PROJECT [--spot | --queued]
-#   ./launch_tpu.sh setup  --name NAME --zone ZONE --project PROJECT
-#   ./launch_tpu.sh train  --name NAME --zone ZONE --project PROJECT --config paper_256 --workdir gs://BUCKET/runs/x [--foreground] [-- --config.train.steps=1000]
+#   ./launch_tpu.sh setup  --name NAME --zone ZONE --project PROJECT [--bucket BUCKET]
+#   ./launch_tpu.sh train  --name NAME --zone ZONE --project PROJECT --config paper_256 --workdir /gcs/BUCKET/runs/x [--foreground] [-- --config.train.steps=1000]
 #   ./launch_tpu.sh status --name NAME --zone ZONE --project PROJECT
 #   ./launch_tpu.sh ssh    --name NAME --zone ZONE --project PROJECT [--worker 0]
 #   ./launch_tpu.sh delete --name NAME --zone ZONE --project PROJECT [--queued]
 #
+# The workdir must be a folder every worker sees: `setup --bucket BUCKET` mounts gs://BUCKET at
+# /gcs/BUCKET on every worker (gcsfuse), and Orbax's multi-host checkpoints need exactly that.
 # --dry-run prints every gcloud command instead of running it. `train` resumes by itself: the
 # trainer picks up the workdir's latest checkpoint, so re-running `train` after a preemption (or
 # after `create` brings a spot slice back) continues the run. Arguments after `--` are passed to
@@ -31,11 +33,13 @@ command="${1:-}"
 [[ -n "$command" ]] || usage
 shift
 
-name="" zone="" project="" accelerator="" version="" config="" workdir=""
+name="" zone="" project="" accelerator="" version="" config="" workdir="" bucket=""
 worker="0" remote_dir="fewshot_jax" spot=0 queued=0 dry_run=0 foreground=0
 train_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --name|--zone|--project|--accelerator|--version|--config|--workdir|--worker|--remote-dir|--bucket)
+      [[ $# -ge 2 ]] || die "$1 needs a value" ;;&
     --name) name="$2"; shift 2 ;;
     --zone) zone="$2"; shift 2 ;;
     --project) project="$2"; shift 2 ;;
@@ -45,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     --workdir) workdir="$2"; shift 2 ;;
     --worker) worker="$2"; shift 2 ;;
     --remote-dir) remote_dir="$2"; shift 2 ;;
+    --bucket) bucket="$2"; shift 2 ;;
     --spot) spot=1; shift ;;
     --queued) queued=1; shift ;;
     --dry-run) dry_run=1; shift ;;
@@ -121,12 +126,19 @@ case "$command" in
     trap 'rm -rf "$(dirname "$archive")"' EXIT
     run git -C "$repo" archive --format=tar.gz --prefix="$remote_dir/" -o "$archive" HEAD
     run gcloud compute tpus tpu-vm scp "$archive" "$name:fewshot_jax.tar.gz" "${where[@]}" --worker=all
-    on_all_workers "rm -rf $remote_dir && tar xzf fewshot_jax.tar.gz && cd $remote_dir && python3 -m venv .venv && .venv/bin/pip install --quiet -e '.[tpu]'"
+    rd="$(printf '%q' "$remote_dir")"
+    on_all_workers "rm -rf $rd && tar xzf fewshot_jax.tar.gz && cd $rd && python3 -m venv .venv && .venv/bin/pip install --quiet -e '.[tpu]'"
+    if [[ -n "$bucket" ]]; then
+      # gcsfuse from Google's apt repository (if missing), then the bucket at /gcs/BUCKET.
+      b="$(printf '%q' "$bucket")"
+      on_all_workers "command -v gcsfuse >/dev/null || { echo \"deb https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }; sudo mkdir -p /gcs/$b && sudo chown \"\$USER\" /gcs/$b && { mountpoint -q /gcs/$b || gcsfuse --implicit-dirs $b /gcs/$b; }"
+    fi
     ;;
   train)
     require config workdir
     set_where
-    [[ "$workdir" == gs://* ]] || echo "launch_tpu.sh: warning: --workdir $workdir is not gs://; each worker writes its own disk" >&2
+    [[ "$workdir" != *://* ]] || die "--workdir $workdir: the trainer writes through the filesystem; mount the bucket (setup --bucket B puts gs://B at /gcs/B on every worker) and pass a /gcs/B/... path"
+    [[ "$workdir" == /* ]] || die "--workdir $workdir: give an absolute path that every worker sees (e.g. /gcs/BUCKET/runs/x)"
     extra=""
     if [[ ${#train_args[@]} -gt 0 ]]; then
       extra=" $(printf '%q ' "${train_args[@]}")"
@@ -134,10 +146,10 @@ case "$command" in
     train_cmd=".venv/bin/fewshot-jax train --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --multihost${extra}"
     if [[ "$foreground" == 1 ]]; then
       # Until the run ends (a sweep runs its runs one after another on the slice).
-      on_all_workers "cd $remote_dir && $train_cmd 2>&1 | tee train.log"
+      on_all_workers "cd $(printf '%q' "$remote_dir") && $train_cmd 2>&1 | tee -a train.log"
     else
       # Detached, so the slice keeps training when this shell goes away; each worker logs to train.log.
-      on_all_workers "cd $remote_dir && nohup $train_cmd > train.log 2>&1 < /dev/null &"
+      on_all_workers "cd $(printf '%q' "$remote_dir") && nohup $train_cmd >> train.log 2>&1 < /dev/null &"
     fi
     ;;
   status)
@@ -146,7 +158,7 @@ case "$command" in
       run gcloud compute tpus queued-resources describe "$name" "${where[@]}"
     fi
     run gcloud compute tpus tpu-vm describe "$name" "${where[@]}" --format="value(state,health,acceleratorType)"
-    run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=0 --command="tail -n 5 $remote_dir/train.log"
+    run gcloud compute tpus tpu-vm ssh "$name" "${where[@]}" --worker=0 --command="tail -n 5 $(printf '%q' "$remote_dir")/train.log"
     ;;
   ssh)
     set_where

@@ -50,9 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # spreads a video's frames over all its utterances, a video's frames differ in pose and mouth.
   c.data.frame_stride = 8
   c.data.seed = 0
-  # Input worker processes (grain mp_prefetch); 0 decodes on a thread in the trainer. 0 by
-  # default: with worker processes over ArrayRecord, grain 0.2.18 hung now and then on this
-  # machine (docs/architecture.md); raise it where decoding is the bottleneck and watch the rate.
+  # Input worker processes (grain mp_prefetch); 0 decodes on a thread in the trainer, which keeps
+  # far ahead of the step on CPU. Raise it on accelerator hosts where decoding falls behind
+  # (`benchmarks/input.py` gives episodes/s per worker count).
   c.data.workers = 0
 
   c.loss = ml_collections.ConfigDict()

@@ -1,6 +1,7 @@
 """The paper's architecture and optimisation at 256x256, K = 8, N = 512, v2 loss weights.
 
-Run: fewshot-jax train --config experiments/paper_256.py --workdir gs://BUCKET/runs/paper_256
+Run: fewshot-jax train --config experiments/paper_256.py --workdir /gcs/BUCKET/runs/paper_256
+(a folder every host sees: ``launch_tpu.sh setup --bucket BUCKET`` mounts the bucket there)
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The paper's setup on VoxCeleb2 shards from data prep (``fewshot-jax prepare``), at 256x256.
 
-Run: fewshot-jax train --config vox2_256 --workdir gs://BUCKET/runs/vox2 \
-       --config.data.data_dir=gs://BUCKET/data --multihost
+Run: fewshot-jax train --config vox2_256 --workdir /gcs/BUCKET/runs/vox2 \
+       --config.data.data_dir=/gcs/BUCKET/data --multihost
+(/gcs/BUCKET: the bucket mounted on every host, e.g. by ``launch_tpu.sh setup --bucket BUCKET``.)
 """
 
 from __future__ import annotations

@@ -42,8 +42,8 @@ def gcloud(tmp_path):
 def test_a_session_runs_the_expected_gcloud_commands(gcloud):
   launch, calls = gcloud
   launch("create", *COMMON, "--accelerator", "v5litepod-16", "--queued", "--spot")
-  launch("setup", *COMMON)
-  launch("train", *COMMON, "--config", "paper_256", "--workdir", "gs://bkt/runs/a", "--",
+  launch("setup", *COMMON, "--bucket", "my-bkt")
+  launch("train", *COMMON, "--config", "paper_256", "--workdir", "/gcs/my-bkt/runs/a", "--",
          "--config.train.steps=1000")
   launch("status", *COMMON)
   launch("delete", *COMMON, "--queued")
@@ -59,17 +59,20 @@ def test_a_session_runs_the_expected_gcloud_commands(gcloud):
   assert got[2][:5] == ["compute", "tpus", "tpu-vm", "ssh", "fs-v5e"] and "--worker=all" in got[2]
   install = got[2][-1]
   assert "tar xzf fewshot_jax.tar.gz" in install and "pip install --quiet -e '.[tpu]'" in install
-  # train: on all workers, multi-host, resuming from the gs:// workdir, overrides passed through.
-  train = got[3][-1]
-  assert "--worker=all" in got[3]
-  assert ("fewshot-jax train --config paper_256 --workdir gs://bkt/runs/a --multihost "
+  # --bucket: the bucket mounted at /gcs/BUCKET on every worker, where the workdir lives.
+  mount = got[3][-1]
+  assert "--worker=all" in got[3] and "gcsfuse --implicit-dirs my-bkt /gcs/my-bkt" in mount
+  # train: on all workers, multi-host, resuming from the shared workdir, overrides passed through.
+  train = got[4][-1]
+  assert "--worker=all" in got[4]
+  assert ("fewshot-jax train --config paper_256 --workdir /gcs/my-bkt/runs/a --multihost "
           "--config.train.steps=1000") in train
-  assert "nohup" in train and "train.log" in train
-  assert got[4][:4] == ["compute", "tpus", "tpu-vm", "describe"]
-  assert got[5][:4] == ["compute", "tpus", "tpu-vm", "ssh"] and "--worker=0" in got[5]
-  assert got[6] == ["compute", "tpus", "queued-resources", "delete", "fs-v5e", *where, "--force",
+  assert "nohup" in train and ">> train.log" in train
+  assert got[5][:4] == ["compute", "tpus", "tpu-vm", "describe"]
+  assert got[6][:4] == ["compute", "tpus", "tpu-vm", "ssh"] and "--worker=0" in got[6]
+  assert got[7] == ["compute", "tpus", "queued-resources", "delete", "fs-v5e", *where, "--force",
                     "--quiet"]
-  assert len(got) == 7
+  assert len(got) == 8
 
 
 def test_spot_vm_without_queue_and_dry_run(gcloud):
@@ -89,6 +92,12 @@ def test_missing_options_and_unknown_commands_are_named(gcloud):
   assert r.returncode == 2 and "create needs --accelerator" in r.stderr
   r = launch("train", *COMMON, "--workdir", "gs://b/r", check=False)
   assert r.returncode == 2 and "train needs --config" in r.stderr
+  r = launch("train", *COMMON, "--config", "c", "--workdir", "gs://b/r", check=False)
+  assert r.returncode == 2 and "mount the bucket" in r.stderr
+  r = launch("train", *COMMON, "--config", "c", "--workdir", "runs/x", check=False)
+  assert r.returncode == 2 and "absolute path that every worker sees" in r.stderr
+  r = launch("create", "--name", check=False)
+  assert r.returncode == 2 and "--name needs a value" in r.stderr
   r = launch("frobnicate", *COMMON, check=False)
   assert r.returncode == 2 and "unknown command 'frobnicate'" in r.stderr
   r = launch("create", "--colour", "red", check=False)

@@ -33,8 +33,10 @@ def test_every_shipped_sweep_loads_and_its_configs_build():
     for r in runs:
       sweep.run_config(r)  # config file + overrides apply
   names = [r.name for r in sweep.load_sweep("paper_ablations")]
-  assert names[0] == "baseline" and {"ff", "no_fm", "no_attention", "d_steps_2",
-                                     "k_train_8", "match_x8", "no_match"} <= set(names)
+  assert names == ["baseline", "ff", "match_x8", "no_fm", "no_attention", "d_steps_2",
+                   "k_train_1", "k_train_8"]  # ablation_64: one D step and K = 4
+  on_paper = [r.name for r in sweep.load_sweep("paper_ablations:paper_256")]
+  assert "d_steps_1" in on_paper and "d_steps_2" not in on_paper and "k_train_8" not in on_paper
   no_attention = sweep.run_config(sweep.RunSpec("x", "ablations/no_attention.py:paper_256"))
   assert no_attention.model.g_attn_up_res == () and no_attention.model.image_size == 256
 
@@ -47,6 +49,13 @@ def test_bad_sweeps_are_refused_with_the_reason(tmp_path):
     sweep.load_sweep(str(bad))
   bad.write_text("def get_sweep(arg=None):\n  return [{'name': 'a b', 'config': 'demo_64'}]\n")
   with pytest.raises(ValueError, match="run 0 has name 'a b'"):
+    sweep.load_sweep(str(bad))
+  bad.write_text("def get_sweep(arg=None):\n  return [{'name': '..', 'config': 'demo_64'}]\n")
+  with pytest.raises(ValueError, match="run 0 has name '..'"):
+    sweep.load_sweep(str(bad))
+  bad.write_text("def get_sweep(arg=None):\n  return [{'name': 'a', 'config': 'demo_64'}, "
+                 "{'name': 'b', 'config': 'ablations/d_steps_1.py:demo_64'}]\n")
+  with pytest.raises(ValueError, match="runs 'a' and 'b' have the same config"):
     sweep.load_sweep(str(bad))
   with pytest.raises(FileNotFoundError, match="sweeps: .*paper_ablations"):
     sweep.load_sweep("no_such_sweep")
@@ -84,7 +93,7 @@ def test_tpu_runner_hands_each_run_to_launch_tpu_in_turn(tmp_path):
   (bin_dir / "gcloud").chmod(0o755)
   env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
   subprocess.run([sys.executable, "-m", "fewshot_jax.cli", "sweep", "cpu_ablations:50",
-                  "--workdir", "gs://bkt/abl", "--runner", "tpu", "--tpu-name", "t1", "--zone",
+                  "--workdir", "/gcs/bkt/abl", "--runner", "tpu", "--tpu-name", "t1", "--zone",
                   "z1", "--project", "p1"], env=env, check=True, capture_output=True)
   calls = [json.loads(line) for line in log.read_text().splitlines()]
   assert len(calls) == 4
@@ -92,12 +101,14 @@ def test_tpu_runner_hands_each_run_to_launch_tpu_in_turn(tmp_path):
   for call in calls:
     assert call[:5] == ["compute", "tpus", "tpu-vm", "ssh", "t1"] and "--worker=all" in call
     command = call[-1]
-    assert "nohup" not in command and "tee train.log" in command  # one run after another
+    assert "nohup" not in command and "tee -a train.log" in command  # one run after another
     assert "--multihost --config.train.steps=50" in command
     runs.append(command.split("--workdir ")[1].split()[0])
-  assert runs == ["gs://bkt/abl/baseline", "gs://bkt/abl/no_fm", "gs://bkt/abl/no_attention",
-                  "gs://bkt/abl/ff"]
+  assert runs == ["/gcs/bkt/abl/baseline", "/gcs/bkt/abl/no_fm", "/gcs/bkt/abl/no_attention",
+                  "/gcs/bkt/abl/ff"]
   r = subprocess.run([sys.executable, "-m", "fewshot_jax.cli", "sweep", "cpu_ablations",
-                      "--workdir", "gs://b", "--runner", "tpu"], env=env, capture_output=True,
+                      "--workdir", "/gcs/b", "--runner", "tpu"], env=env, capture_output=True,
                      text=True)
   assert r.returncode == 2 and "--runner tpu needs --tpu-name" in r.stderr
+  with pytest.raises(ValueError, match="gs://b/x: a URL, not a folder; mount the bucket"):
+    sweep.run_local(sweep.load_sweep("cpu_ablations"), "gs://b/x")

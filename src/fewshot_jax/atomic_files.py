@@ -14,6 +14,21 @@ import tempfile
 from collections.abc import Iterator
 
 
+def filesystem_path(path: str | os.PathLike, what: str) -> pathlib.Path:
+  """``path`` as a ``pathlib.Path``, refusing URLs (``gs://...``) with the way out.
+
+  Run directories are written through the filesystem (atomic renames, appends), which object
+  stores do not offer; ``pathlib`` would even turn ``gs://b/x`` into a local ``gs:/b/x``. On Cloud
+  TPU, mount the bucket (``launch_tpu.sh setup --bucket B`` puts gs://B at /gcs/B on every worker).
+  """
+  text = os.fspath(path)
+  if "://" in text:
+    raise ValueError(f"{what} {text}: a URL, not a folder; mount the bucket (e.g. gcsfuse, or "
+                     "`launch_tpu.sh setup --bucket B`, which mounts gs://B at /gcs/B) and give "
+                     "the mounted path")
+  return pathlib.Path(text)
+
+
 def _umask() -> int:
   mask = os.umask(0)
   os.umask(mask)

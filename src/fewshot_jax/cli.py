@@ -1,7 +1,7 @@
 """The ``fewshot-jax`` command.
 
-Subcommands: ``demo``, ``train``, ``finetune``, ``animate``, ``export``, ``convert-weights``,
-``prepare``, ``data``. Config overrides are given as
+Subcommands: ``demo``, ``train``, ``finetune``, ``animate``, ``export``, ``evaluate``, ``sweep``,
+``convert-weights``, ``prepare``, ``data``. Config overrides are given as
 ``--config.SECTION.FIELD=VALUE`` after the other options, e.g.
 ``fewshot-jax train --config demo_64 --workdir runs/x --config.train.steps=50``.
 """
@@ -284,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   except (NoFaceError, VideoError, IncompatibleCheckpoint, FileNotFoundError, ValueError) as e:
     if args.verbose:  # the traceback, for a bug report
       raise
-    print(f"fewshot-jax {args.command}: error: {e}", file=sys.stderr)
+    print(f"fewshot-jax {args.command}: error: {e}\n(fewshot-jax -v {args.command} ... shows the "
+          "traceback)", file=sys.stderr)
     return 2
 
 

@@ -59,10 +59,11 @@ def _shots(args: argparse.Namespace, image_size: int, backend_factory):
   return frames[: args.k], points[: args.k], [f"synthetic:{args.synthetic}"]
 
 
-def _fit(args: argparse.Namespace, run, steps: int):
+def _fit(args: argparse.Namespace, run, steps: int, backend=None):
   from fewshot_jax.inference.identity import fit_identity  # pylint: disable=g-import-not-at-top
 
-  frames, points, names = _shots(args, run.config.model.image_size, lambda: _backend(args))
+  frames, points, names = _shots(args, run.config.model.image_size,
+                                 lambda: backend or _backend(args))
   identity = fit_identity(run, frames, points, steps)
   identity.info["sources"] = names
   return identity
@@ -100,7 +101,7 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     identity = load_identity(args.identity, run)
   else:
     steps = run.config.finetune.steps if args.finetune_steps is None else args.finetune_steps
-    identity = _fit(args, run, steps)
+    identity = _fit(args, run, steps, backend)
     if args.save_identity:
       save_identity(args.save_identity, identity, run)
   summary = animate(run, identity, driver, args.out, motion=args.motion, layout=args.layout,

@@ -11,9 +11,10 @@ Runners:
     was. Then ``results.csv``, ``results.md`` and ``results.png`` are written over all runs.
   * ``tpu``: each run is handed to ``launch_tpu.sh train --foreground`` on an existing TPU VM
     (``--tpu-name``, ``--zone``, ``--project``), one after another (a slice trains one run at a
-    time), with the run's workdir under the sweep's (a gs:// path). Evaluate afterwards with the
-    local runner pointed at the same workdir: finished runs resume at their last step and go
-    straight to evaluation.
+    time), with the run's workdir under the sweep's (a folder every worker sees, such as a bucket
+    mounted by ``launch_tpu.sh setup --bucket``). Evaluate afterwards with the local runner
+    pointed at the same workdir: finished runs resume at their last step and go straight to
+    evaluation.
 
 ``--dry-run`` prints what would run (the runs' configs, or the launch commands) and runs nothing.
 """
@@ -34,11 +35,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from fewshot_jax import config as config_lib
-from fewshot_jax.atomic_files import atomic_path, write_text
+from fewshot_jax.atomic_files import atomic_path, filesystem_path, write_text
 
 SWEEPS = config_lib.EXPERIMENTS / "sweeps"
 LAUNCHER = config_lib.REPO_ROOT / "launch_tpu.sh"
-_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a folder name; no ".", "..", dotfiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +70,8 @@ def load_sweep(spec: str) -> list[RunSpec]:
   for i, entry in enumerate(module.get_sweep(arg or None)):
     run_name = entry.get("name", "")
     if not _NAME.match(run_name):
-      raise ValueError(f"{path}: run {i} has name {run_name!r}; expected letters, digits, _ . -")
+      raise ValueError(f"{path}: run {i} has name {run_name!r}; expected letters, digits, _ . - "
+                       "(not starting with '.')")
     if not entry.get("config"):
       raise ValueError(f"{path}: run {run_name!r} has no config")
     runs.append(RunSpec(run_name, entry["config"], tuple(entry.get("overrides", ()))))
@@ -77,6 +79,13 @@ def load_sweep(spec: str) -> list[RunSpec]:
   duplicates = sorted({n for n in names if names.count(n) > 1})
   if duplicates:
     raise ValueError(f"{path}: run names {duplicates} appear more than once")
+  # Two runs that would train the same model waste a training each (hours on a TPU).
+  seen: dict[str, str] = {}
+  for r in runs:
+    key = config_lib.to_json(run_config(r))
+    if key in seen:
+      raise ValueError(f"{path}: runs {seen[key]!r} and {r.name!r} have the same config")
+    seen[key] = r.name
   return runs
 
 
@@ -93,7 +102,7 @@ def _done(rundir: pathlib.Path) -> bool:
 def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Sequence[str] = (),
               face_metrics: bool = False, dry_run: bool = False) -> list[dict[str, Any]]:
   """Trains and evaluates each run in turn (skipping finished ones); returns the results rows."""
-  workdir = pathlib.Path(workdir)
+  workdir = filesystem_path(workdir, "sweep workdir")
   configs = [run_config(r, extra) for r in runs]  # every config is checked before anything runs
   if dry_run:
     for r, cfg in zip(runs, configs):
@@ -116,7 +125,7 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
     if held is None:
       raise ValueError(f"run {r.name}: its config has no held-out videos to evaluate on "
                        "(data.num_eval_videos = 0, or no data.eval_split in the shards)")
-    train(cfg, rundir, source)
+    train(cfg, rundir, source, eval_source=held)
     frames, points = heldout_arrays(held)
     settings = report.EvalSettings(tuple(cfg.eval.shots), ("ff", "ft"), face_metrics)
     report.evaluate(load_run(rundir), frames, points, settings, rundir / "eval",
@@ -185,8 +194,8 @@ def collect(runs: Sequence[RunSpec], workdir: pathlib.Path) -> list[dict[str, An
     cells = []
     for k in ks:
       for m, metric in _SHOWN:
-        v = row.get(f"k{k}_{m}_{metric}", float("nan"))
-        cells.append("–" if not math.isfinite(v) else
+        v = row.get(f"k{k}_{m}_{metric}")
+        cells.append("–" if v is None or not math.isfinite(v) else
                      (f"{v:.3f}" if metric == "ssim" else f"{v:.2f}"))
     lines.append(f"| {row['run']} | {row['step']} | " + " | ".join(cells) + " |")
   write_text(workdir / "results.md", "\n".join(lines) + "\n")
@@ -205,7 +214,8 @@ def _plot(rows: list[dict[str, Any]], ks: list[int], path: pathlib.Path) -> None
   names = [row["run"] for row in rows]
   for ax, k in zip(axes[0], ks):
     for j, method in enumerate(("ff", "ft")):
-      values = [row.get(f"k{k}_{method}_ssim", float("nan")) for row in rows]
+      values = [row.get(f"k{k}_{method}_ssim") for row in rows]
+      values = [float("nan") if v is None else v for v in values]
       ax.bar([i + 0.4 * j for i in range(len(rows))], values, width=0.4, label=method.upper())
     ax.set_xticks([i + 0.2 for i in range(len(rows))], names, rotation=30, ha="right")
     ax.set_title(f"SSIM, K = {k}")

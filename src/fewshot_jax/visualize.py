@@ -54,7 +54,11 @@ class Mp4Writer:
     import av  # pylint: disable=g-import-not-at-top
 
     tmp = self._atomic.__enter__()
-    self._container = av.open(tmp, mode="w", format="mp4")
+    try:
+      self._container = av.open(tmp, mode="w", format="mp4")
+    except BaseException as e:
+      self._atomic.__exit__(type(e), e, e.__traceback__)
+      raise
     return self
 
   def write(self, frame: np.ndarray) -> None:
@@ -79,14 +83,27 @@ class Mp4Writer:
       self._container.mux(packet)
     self.frames += 1
 
-  def __exit__(self, exc_type, exc, tb) -> None:
+  def __exit__(self, exc_type, exc, tb) -> bool:
+    # A failure anywhere (the body, the final flush, closing the file) goes to the atomic write as
+    # an exception, so a half-written video is deleted instead of renamed into place.
+    error = exc
     try:
-      if exc_type is None and self._stream is not None:
+      if error is None and self._stream is not None:
         for packet in self._stream.encode():
           self._container.mux(packet)
-    finally:
+    except BaseException as e:  # pylint: disable=broad-except
+      error = e
+    try:
       self._container.close()
-      self._atomic.__exit__(exc_type, exc, tb)
+    except BaseException as e:  # pylint: disable=broad-except
+      error = error or e
+    if error is None:
+      self._atomic.__exit__(None, None, None)
+      return False
+    self._atomic.__exit__(type(error), error, error.__traceback__)  # removes the temporary file
+    if error is not exc:
+      raise error
+    return False
 
 
 def save_mp4(

@@ -10,8 +10,9 @@
   landmark error; the detection rate is reported beside it, since dropping those frames silently
   would flatter a bad model.
 
-Both look for the face in the ground truth once and use that box for the generated frame too, so a
-generated frame is judged where the face should be.
+The face is found in the ground truth first; in the generated frame, the detection overlapping
+that box is used (none counts as not found), so a generated frame is judged where the face should
+be.
 """
 
 from __future__ import annotations

@@ -145,10 +145,22 @@ def evaluate(
   }
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  write_text(out / "eval.json", json.dumps(report, indent=2, allow_nan=True) + "\n")
-  write_text(out / "table.md", format_table(report))
   plot_metrics(report, out / "metrics_vs_k.png")
+  write_text(out / "table.md", format_table(report))
+  # Last: a sweep takes eval.json as "this run is done".
+  write_text(out / "eval.json", json.dumps(_finite_or_null(report), indent=2) + "\n")
   return report
+
+
+def _finite_or_null(tree: Any) -> Any:
+  """NaN/inf -> None, so eval.json is strict JSON (a metric with no usable frame is null)."""
+  if isinstance(tree, dict):
+    return {k: _finite_or_null(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [_finite_or_null(v) for v in tree]
+  if isinstance(tree, float) and not math.isfinite(tree):
+    return None
+  return tree
 
 
 def format_table(report: dict[str, Any]) -> str:

@@ -8,8 +8,9 @@
     head.animate(face, "drive.mp4", "out.mp4")
 
 The functions underneath (``inference.finetune``, ``identity``, ``driver``, ``animate``) stay
-usable on their own; this class only keeps the run, the compiled functions and the landmark
-backend together so that repeated calls do not reload or recompile.
+usable on their own; this class keeps the run, the landmark backend and the generator and
+embedder programs together, so those are loaded and compiled once. (Fitting and ``animate`` still
+build their own jitted steps on each call.)
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 A driver is either a video (faces found per frame by a landmark backend) or a ``.npy`` of landmarks
 ``[T, 68, 2]`` already in crop pixels. For a video:
 
-* each frame's face is the detection that overlaps the previous frame's face most (the largest
-  face in the first frame), so a second person entering the shot does not steal the track;
+* each frame's face is the detection that overlaps the last tracked face most (the largest face
+  at first), and only if it overlaps it enough, so a second person in the shot does not steal the
+  track;
 * a frame with no face holds the last landmarks (frames before the first detection take the first
   one), and the count of such frames is reported;
 * the crop follows data prep: a square around the landmarks, enlarged and smoothed over time;
@@ -54,12 +55,18 @@ class Driver:
     return len(self.landmarks)
 
 
+MIN_TRACK_IOU = 0.3  # as data prep's track linking (prep.crop.link_tracks)
+
+
 def _pick(faces: list[Face], previous: Face | None) -> Face | None:
+  """The face continuing the track: the largest at first, then the one overlapping the last
+  tracked face most. A frame where only other faces are seen counts as a frame without a face."""
   if not faces:
     return None
   if previous is None:
     return faces[0]
-  return max(faces, key=lambda f: crop_lib.box_iou(f.box, previous.box))
+  best = max(faces, key=lambda f: crop_lib.box_iou(f.box, previous.box))
+  return best if crop_lib.box_iou(best.box, previous.box) >= MIN_TRACK_IOU else None
 
 
 def load_driver(
@@ -106,12 +113,14 @@ def load_driver(
   found: list[np.ndarray | None] = []
   previous = None
   video_fps = fps
+  missing = 0
   for _, frame, video_fps in video_lib.iter_frames(path):
     face = _pick(backend.detect(frame), previous)
     found.append(None if face is None else face.landmarks)
     previous = face or previous
+    missing += face is None
     if progress:
-      progress.update(1, f"no face in {sum(p is None for p in found)}")
+      progress.update(1, f"no face in {missing}")
   detected = [i for i, p in enumerate(found) if p is not None]
   if not detected:
     raise NoFaceError(f"driver {path}: no face found in any of its {len(found)} frames by the "

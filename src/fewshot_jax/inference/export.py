@@ -23,6 +23,8 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -47,14 +49,10 @@ def export_run(run: Any, out: str | os.PathLike, identity: Any = None,
   v = identity.model_vars(run) if identity is not None else run.vars
   weights = {"g": v.g, "sn": v.sn}
   flat = {k: np.asarray(x) for k, x in flat_paths(weights).items()}
-  # D's weights and the table are not inputs: they are zeros closed over and never read by E or G,
-  # so tracing drops them.
-  d_zeros = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), run.vars.d)
-  w_zeros = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), run.vars.w)
-
+  # D's weights and the table are not inputs: E and G never read them, so tracing drops them.
   def model_vars(flat_weights):
     tree = like(weights, flat_weights)
-    return run.vars.replace(g=tree["g"], sn=tree["sn"], d=d_zeros, w=w_zeros)
+    return run.vars.replace(g=tree["g"], sn=tree["sn"])
 
   def generate(flat_weights, points, psi):
     return inf.generate(run.graphdef, model_vars(flat_weights), cfg.model, psi, points)
@@ -77,11 +75,14 @@ def export_run(run: Any, out: str | os.PathLike, identity: Any = None,
       spec, jax.ShapeDtypeStruct((b, k, s, s, 3), jnp.uint8),
       jax.ShapeDtypeStruct((b, k, 68, 2), jnp.float32))
 
-  out.mkdir(parents=True, exist_ok=True)
+  # Written into a sibling folder and swapped in whole: a re-export cut short never leaves new
+  # programs next to old weights.
+  out.parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
   psi = {} if identity is None else {"identity/psi": np.asarray(identity.psi, np.float32)}
-  save_tree(out / "weights.safetensors", {**flat, **psi})
-  write_bytes(out / "generator.jaxexport", gen_exp.serialize())
-  write_bytes(out / "embedder.jaxexport", emb_exp.serialize())
+  save_tree(staging / "weights.safetensors", {**flat, **psi})
+  write_bytes(staging / "generator.jaxexport", gen_exp.serialize())
+  write_bytes(staging / "embedder.jaxexport", emb_exp.serialize())
   meta = {
       "format": EXPORT_FORMAT,
       "model": cfg.model.to_dict(),
@@ -100,7 +101,16 @@ def export_run(run: Any, out: str | os.PathLike, identity: Any = None,
                                 "(embedding f32[b,N], psi f32[b,P])",
       },
   }
-  write_text(out / "config.json", json.dumps(meta, indent=2))
+  write_text(staging / "config.json", json.dumps(meta, indent=2))
+  os.chmod(staging, 0o755)
+  if out.exists():
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(out, old)
+    os.replace(staging, out)
+    shutil.rmtree(old)
+  else:
+    os.replace(staging, out)
   return meta
 
 
@@ -148,7 +158,7 @@ def load_exported(directory: str | os.PathLike) -> ExportedModel:
     FileNotFoundError: a file of the export is missing (the message lists which).
     ValueError: the directory was written by another export format.
   """
-  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.tensors import load_flat  # pylint: disable=g-import-not-at-top
 
   directory = pathlib.Path(directory)
   missing = [name for name in _FILES if not (directory / name).is_file()]
@@ -158,7 +168,7 @@ def load_exported(directory: str | os.PathLike) -> ExportedModel:
   if config.get("format") != EXPORT_FORMAT:
     raise ValueError(f"{directory}/config.json: export format {config.get('format')!r}, this "
                      f"version reads format {EXPORT_FORMAT}")
-  weights = load_file(str(directory / "weights.safetensors"))
+  weights = load_flat(directory / "weights.safetensors")
   psi = weights.pop("identity/psi", None)
   gen = jax.export.deserialize(bytearray((directory / "generator.jaxexport").read_bytes()))
   emb = jax.export.deserialize(bytearray((directory / "embedder.jaxexport").read_bytes()))

@@ -21,7 +21,7 @@ import numpy as np
 from fewshot_jax.atomic_files import write_text
 from fewshot_jax.inference import finetune as inf
 from fewshot_jax.inference.run import IncompatibleCheckpoint, LoadedRun
-from fewshot_jax.inference.tensors import load_flat, like, save_tree
+from fewshot_jax.inference.tensors import from_flat, load_flat, save_tree
 from fewshot_jax.progress import Progress
 
 PyTree = Any
@@ -129,6 +129,10 @@ def load_identity(directory: str | os.PathLike, run: LoadedRun) -> Identity:
     raise FileNotFoundError(f"{directory} is not an identity: no identity.json (write one with "
                             "`fewshot-jax finetune`)")
   meta = json.loads(meta_path.read_text())
+  if meta.get("format") != IDENTITY_FORMAT:
+    raise IncompatibleCheckpoint(f"{meta_path}: identity format {meta.get('format')!r}, this "
+                                 f"version reads format {IDENTITY_FORMAT}; fit it again with "
+                                 "`fewshot-jax finetune`")
   expected = json.loads(json.dumps(run.config.model.to_dict(), default=list))
   found = meta.get("model", {})
   diffs = [f"model.{k}: expected {expected[k]!r}, found {found.get(k)!r}"
@@ -136,12 +140,15 @@ def load_identity(directory: str | os.PathLike, run: LoadedRun) -> Identity:
   if diffs:
     raise IncompatibleCheckpoint(f"{directory}: fitted for another model than {run.workdir}'s:\n  "
                                  + "\n  ".join(diffs))
-  flat = load_flat(directory / "identity.safetensors")
-  def part(name: str) -> dict[str, np.ndarray]:
-    prefix = name + "/"
-    return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  path = directory / "identity.safetensors"
+  flat = load_flat(path)
+  shots = flat.get("shots")
+  if shots is None or "psi" not in flat or "shot_landmarks" not in flat:
+    raise ValueError(f"{path}: missing tensors (expected psi, shots, shot_landmarks, generator/*, "
+                     f"sn/*; found {sorted(flat)[:6]}...)")
+  tree = from_flat(flat, {"generator": run.vars.g["generator"], "sn": run.vars.sn}, path)
   return Identity(
-      psi=flat["psi"], generator=like(run.vars.g["generator"], part("generator")),
-      sn=like(run.vars.sn, part("sn")), shot_landmarks=flat["shot_landmarks"],
-      shots=flat["shots"], info={k: v for k, v in meta.items() if k != "model"})
+      psi=flat["psi"], generator=tree["generator"], sn=tree["sn"],
+      shot_landmarks=flat["shot_landmarks"], shots=shots,
+      info={k: v for k, v in meta.items() if k != "model"})
 

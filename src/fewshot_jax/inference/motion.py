@@ -8,7 +8,7 @@ limitation when driver and source are different people.
 driver's first frame, into
 
 * a head motion: the 2-D similarity (scale, in-plane rotation, translation) that best maps the
-  first frame's landmarks onto this frame's (least squares, Umeyama), and
+  first frame's rigid landmarks (nose, eyes) onto this frame's (least squares, Umeyama), and
 * an expression: what is left of the landmarks' displacement once that motion is undone.
 
 Both are then re-expressed in the source face's frame (scaled and rotated by the similarity from
@@ -20,7 +20,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from fewshot_jax.prep import crop as crop_lib
+
 MOTIONS = ("relative", "absolute")
+# Nose (27-35) and eye corners and lids (36-47): the points that move with the skull. Fitting the
+# head's similarity on these keeps jaw and mouth motion (speech) out of the head pose, where it
+# would otherwise leak into the source's face shape.
+RIGID = np.arange(27, 48)
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
@@ -48,11 +54,11 @@ def retarget(source: np.ndarray, driver: np.ndarray, motion: str = "relative") -
     return driver.astype(np.float32)
   source = np.asarray(source, np.float64)
   first = driver[0]
-  s_a, r_a, _ = similarity(first, source)  # driver's first frame -> source face
+  s_a, r_a, _ = similarity(first[RIGID], source[RIGID])  # driver's first frame -> source face
   c_first, c_src = first.mean(0), source.mean(0)
   out = np.empty_like(driver)
   for t, frame in enumerate(driver):
-    s_t, r_t, tr_t = similarity(first, frame)  # head motion since the first frame
+    s_t, r_t, tr_t = similarity(first[RIGID], frame[RIGID])  # head motion since the first frame
     undone = ((frame - tr_t) @ r_t) / s_t  # this frame with the head motion removed
     expression = undone - first
     moved_centre = s_t * r_t @ c_first + tr_t - c_first
@@ -62,14 +68,11 @@ def retarget(source: np.ndarray, driver: np.ndarray, motion: str = "relative") -
 
 
 def smooth(points: np.ndarray, sigma: float) -> np.ndarray:
-  """Gaussian smoothing over time of ``[T, 68, 2]`` (``sigma`` in frames; 0 leaves them), with
-  the window renormalised at the ends so the first and last frames are not pulled inwards."""
+  """Gaussian smoothing over time of ``[T, 68, 2]`` (``sigma`` in frames; 0 leaves them), the
+  same filter data prep smooths crop boxes with (ends renormalised, not pulled inwards)."""
   points = np.asarray(points, np.float64)
   if sigma <= 0 or len(points) < 3:
     return points.astype(np.float32)
-  radius = min(max(1, int(np.ceil(3 * sigma))), (len(points) - 1) // 2)
-  k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
   flat = points.reshape(len(points), -1)
-  num = np.stack([np.convolve(flat[:, i], k, mode="same") for i in range(flat.shape[1])], 1)
-  den = np.convolve(np.ones(len(points)), k, mode="same")[:, None]
-  return (num / den).reshape(points.shape).astype(np.float32)
+  out = np.stack([crop_lib.gaussian_smooth(flat[:, i], sigma) for i in range(flat.shape[1])], 1)
+  return out.reshape(points.shape).astype(np.float32)

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from fewshot_jax import config as config_lib
+from fewshot_jax.atomic_files import filesystem_path
 from fewshot_jax.inference.tensors import flat_paths, like
 from fewshot_jax.models.talking_head import ModelVars, abstract_model
 
@@ -106,7 +107,7 @@ def load_run(
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  workdir = pathlib.Path(workdir)
+  workdir = filesystem_path(workdir, "checkpoint")
   cfg_path = workdir / "config.json"
   if not cfg_path.is_file():
     raise FileNotFoundError(f"{workdir} is not a run directory: no config.json")
@@ -143,8 +144,11 @@ def load_run(
   else:
     wanted["vars"]["g"] = meta["vars"]["g"]
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
-  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item=wanted, restore_args=restore_args, partial_restore=True))
+  try:
+    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+        item=wanted, restore_args=restore_args, partial_restore=True))
+  finally:
+    checkpointer.close()
   table = abstract.w["discriminator"]["W"]
   v = ModelVars(w={"discriminator": {"W": np.zeros(table.shape, table.dtype)}},
                 d=restored["vars"]["d"], sn=restored["vars"]["sn"],

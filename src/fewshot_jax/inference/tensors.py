@@ -60,7 +60,12 @@ def load_flat(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def load_tree(path: str | os.PathLike, reference: Any) -> Any:
   """Reads a file written by ``save_tree`` into the structure of ``reference``, checking that
   every tensor is there with the reference's shape."""
-  data = load_flat(path)
+  return from_flat(load_flat(path), reference, path)
+
+
+def from_flat(data: dict[str, np.ndarray], reference: Any, path: str | os.PathLike) -> Any:
+  """``data`` (flat, from ``path``) in the structure of ``reference``; the error names ``path``
+  and the missing or misshapen tensors."""
   expected = flat_paths(reference)
   missing = sorted(set(expected) - set(data))
   if missing:

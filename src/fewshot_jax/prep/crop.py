@@ -102,13 +102,13 @@ def crop_boxes(
   centre = 0.5 * (lo + hi)
   side = enlarge * (hi - lo).max(axis=1)
   if smooth_sigma > 0 and len(landmarks) > 1:
-    centre = np.stack([_gaussian_smooth(centre[:, i], smooth_sigma) for i in range(2)], axis=1)
-    side = _gaussian_smooth(side, smooth_sigma)
+    centre = np.stack([gaussian_smooth(centre[:, i], smooth_sigma) for i in range(2)], axis=1)
+    side = gaussian_smooth(side, smooth_sigma)
   half = 0.5 * side[:, None]
   return np.concatenate([centre - half, centre + half], axis=1)
 
 
-def _gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
+def gaussian_smooth(x: np.ndarray, sigma: float) -> np.ndarray:
   """Gaussian filter over a 1-D series, normalised at the ends (no pull towards zero)."""
   radius = min(max(1, int(math.ceil(3 * sigma))), (len(x) - 1) // 2)  # "same" needs k <= len
   k = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)

@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from fewshot_jax import config as config_lib
-from fewshot_jax.atomic_files import write_text
+from fewshot_jax.atomic_files import filesystem_path, write_text
 from fewshot_jax.content import ContentLoss, build_content_loss
 from fewshot_jax.data import episodes
 from fewshot_jax.images import to_uint8
@@ -238,7 +238,7 @@ def train(
   Returns:
     The final state and what is needed to use it.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = filesystem_path(workdir, "workdir")
   workdir.mkdir(parents=True, exist_ok=True)
   tc = cfg.train
   num_videos = source.num_videos
