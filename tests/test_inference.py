@@ -94,6 +94,7 @@ def test_animate_the_astronaut_with_the_carphone_clip(run_dir, astronaut, backen
   # untrained model (measured), against 104-115 of 120 for models trained like this one.
   lenient = DlibBackend(upsample=1, min_score=-0.5)
   detected = sum(bool(lenient.detect(f)) for f in video)
+  print(f"a face in {detected} of {len(video)} generated frames")  # shown with pytest -s
   assert detected > len(video) / 2, f"a face in only {detected} of {len(video)} frames"
   # The identity was saved on the way and animates again without refitting.
   meta = json.loads((ident / "identity.json").read_text())
