@@ -218,10 +218,15 @@ def _plot(rows: list[dict[str, Any]], ks: list[int], path: pathlib.Path) -> None
       values = [float("nan") if v is None else v for v in values]
       ax.bar([i + 0.4 * j for i in range(len(rows))], values, width=0.4, label=method.upper())
     ax.set_xticks([i + 0.2 for i in range(len(rows))], names, rotation=30, ha="right")
-    ax.set_title(f"SSIM, K = {k}")
+    finite = [v for row in rows for m in ("ff", "ft")
+              if (v := row.get(f"k{k}_{m}_ssim")) is not None and math.isfinite(v)]
+    if finite:  # ablations differ by hundredths: an axis from 0 would hide them
+      ax.set_ylim(max(-1.0, min(finite) - 0.05), min(1.0, max(finite) + 0.02))
+    ax.set_title(f"SSIM, K = {k} (axis not from 0)")
     ax.grid(axis="y", alpha=0.3)
-  axes[0][0].legend()
-  fig.tight_layout()
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="upper center", ncols=2)  # above the panels, over no bar
+  fig.tight_layout(rect=(0, 0, 1, 0.9))
   with atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", dpi=110)
   plt.close(fig)
