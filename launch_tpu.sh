@@ -5,6 +5,7 @@
 #   ./launch_tpu.sh create --name NAME --zone ZONE --accelerator v5litepod-16 --project PROJECT [--spot | --queued]
 #   ./launch_tpu.sh setup  --name NAME --zone ZONE --project PROJECT [--bucket BUCKET]
 #   ./launch_tpu.sh train  --name NAME --zone ZONE --project PROJECT --config paper_256 --workdir /gcs/BUCKET/runs/x [--foreground] [-- --config.train.steps=1000]
+#   ./launch_tpu.sh sweep  --name NAME --zone ZONE --project PROJECT --sweep paper_ablations --workdir /gcs/BUCKET/sweeps/x [--foreground] [-- --fid-weights FILE]
 #   ./launch_tpu.sh status --name NAME --zone ZONE --project PROJECT
 #   ./launch_tpu.sh ssh    --name NAME --zone ZONE --project PROJECT [--worker 0]
 #   ./launch_tpu.sh delete --name NAME --zone ZONE --project PROJECT [--queued]
@@ -14,8 +15,11 @@
 # --dry-run prints every gcloud command instead of running it. `train` resumes by itself: the
 # trainer picks up the workdir's latest checkpoint, so re-running `train` after a preemption (or
 # after `create` brings a spot slice back) continues the run. Arguments after `--` are passed to
-# `fewshot-jax train` (config overrides, --init). `train --foreground` waits for the run to end, which
-# is how `fewshot-jax sweep --runner tpu` runs a sweep's runs one after another on one slice.
+# `fewshot-jax train` (config overrides, --init), or to `fewshot-jax sweep`. `train --foreground`
+# waits for the run to end, which is how `fewshot-jax sweep --runner tpu` runs a sweep's runs one
+# after another on one slice. `sweep` runs a whole sweep (experiments/sweeps/NAME.py[:ARG]) on the
+# slice: each run trained on all workers, then evaluated, then results.{csv,md,png} in the workdir;
+# re-running it skips the finished runs and resumes the current one.
 set -euo pipefail
 
 usage() {
@@ -33,12 +37,12 @@ command="${1:-}"
 [[ -n "$command" ]] || usage
 shift
 
-name="" zone="" project="" accelerator="" version="" config="" workdir="" bucket=""
+name="" zone="" project="" accelerator="" version="" config="" workdir="" bucket="" sweep=""
 worker="0" remote_dir="fewshot_jax" spot=0 queued=0 dry_run=0 foreground=0
 train_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --name|--zone|--project|--accelerator|--version|--config|--workdir|--worker|--remote-dir|--bucket)
+    --name|--zone|--project|--accelerator|--version|--config|--workdir|--worker|--remote-dir|--bucket|--sweep)
       [[ $# -ge 2 ]] || die "$1 needs a value" ;;&
     --name) name="$2"; shift 2 ;;
     --zone) zone="$2"; shift 2 ;;
@@ -50,6 +54,7 @@ while [[ $# -gt 0 ]]; do
     --worker) worker="$2"; shift 2 ;;
     --remote-dir) remote_dir="$2"; shift 2 ;;
     --bucket) bucket="$2"; shift 2 ;;
+    --sweep) sweep="$2"; shift 2 ;;
     --spot) spot=1; shift ;;
     --queued) queued=1; shift ;;
     --dry-run) dry_run=1; shift ;;
@@ -134,8 +139,12 @@ case "$command" in
       on_all_workers "command -v gcsfuse >/dev/null || { echo \"deb https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }; sudo mkdir -p /gcs/$b && sudo chown \"\$USER\" /gcs/$b && { mountpoint -q /gcs/$b || gcsfuse --implicit-dirs $b /gcs/$b; }"
     fi
     ;;
-  train)
-    require config workdir
+  train|sweep)
+    if [[ "$command" == train ]]; then
+      require config workdir
+    else
+      require sweep workdir
+    fi
     set_where
     [[ "$workdir" != *://* ]] || die "--workdir $workdir: the trainer writes through the filesystem; mount the bucket (setup --bucket B puts gs://B at /gcs/B on every worker) and pass a /gcs/B/... path"
     [[ "$workdir" == /* ]] || die "--workdir $workdir: give an absolute path that every worker sees (e.g. /gcs/BUCKET/runs/x)"
@@ -143,13 +152,17 @@ case "$command" in
     if [[ ${#train_args[@]} -gt 0 ]]; then
       extra=" $(printf '%q ' "${train_args[@]}")"
     fi
-    train_cmd=".venv/bin/fewshot-jax train --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --multihost${extra}"
-    if [[ "$foreground" == 1 ]]; then
-      # Until the run ends (a sweep runs its runs one after another on the slice).
-      on_all_workers "cd $(printf '%q' "$remote_dir") && $train_cmd 2>&1 | tee -a train.log"
+    if [[ "$command" == train ]]; then
+      job_cmd=".venv/bin/fewshot-jax train --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --multihost${extra}"
     else
-      # Detached, so the slice keeps training when this shell goes away; each worker logs to train.log.
-      on_all_workers "cd $(printf '%q' "$remote_dir") && nohup $train_cmd >> train.log 2>&1 < /dev/null &"
+      job_cmd=".venv/bin/fewshot-jax sweep $(printf '%q' "$sweep") --workdir $(printf '%q' "$workdir") --runner local --multihost${extra}"
+    fi
+    if [[ "$foreground" == 1 ]]; then
+      # Until the job ends (fewshot-jax sweep --runner tpu runs its runs one after another).
+      on_all_workers "cd $(printf '%q' "$remote_dir") && $job_cmd 2>&1 | tee -a train.log"
+    else
+      # Detached, so the slice keeps working when this shell goes away; each worker logs to train.log.
+      on_all_workers "cd $(printf '%q' "$remote_dir") && nohup $job_cmd >> train.log 2>&1 < /dev/null &"
     fi
     ;;
   status)
@@ -173,5 +186,5 @@ case "$command" in
     fi
     ;;
   -h|--help) usage 0 ;;
-  *) die "unknown command '$command': expected create | setup | train | status | ssh | delete" ;;
+  *) die "unknown command '$command': expected create | setup | train | sweep | status | ssh | delete" ;;
 esac

@@ -112,9 +112,17 @@ def test_evaluate_writes_the_protocol_table_json_and_plot(trained, tmp_path):
   builder = tfds_builder.TalkingHeads(config=config, data_dir=tmp_path / "data",
                                       file_format="array_record")
   builder.download_and_prepare()
+  # FID with stand-in Inception weights (He-scaled random convs): the real file is not shipped.
+  from fewshot_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  weights = {k: (rng.normal(0, np.sqrt(2 / np.prod(shape[1:])), shape) if k.endswith("conv.weight")
+                 else np.ones(shape) if k.endswith(("bn.weight", "running_var")) else np.zeros(shape))
+             for k, shape in fid.expected_shapes().items()}
+  fid.save_weights(tmp_path / "inception.safetensors", weights)
   out = tmp_path / "eval"
   assert cli.main(["evaluate", "--checkpoint", str(workdir), "--data-dir", str(tmp_path / "data"),
-                   "--shots", "1,2", "--methods", "ff,ft,nearest_shot", "--out", str(out)]) == 0
+                   "--shots", "1,2", "--methods", "ff,ft,nearest_shot", "--out", str(out),
+                   "--fid-weights", str(tmp_path / "inception.safetensors")]) == 0
   report = json.loads((out / "eval.json").read_text())
   assert report["videos"] == 3 and report["shots"] == [1, 2]
   assert report["step"] == load_run(workdir).step  # the latest checkpoint
@@ -124,8 +132,13 @@ def test_evaluate_writes_the_protocol_table_json_and_plot(trained, tmp_path):
     for row in per_k.values():
       assert -1 <= row["ssim"] <= 1 and row["psnr"] > 0 and 0 <= row["l1"] <= 1
       assert {"csim", "nme", "akd", "face_detected", "reference_found"} <= set(row)
+      assert row["fid"] >= 0
+  assert report["fid"]["real_frames"] == 3 * load_run(workdir).config.eval.targets_per_video
+  # Generated frames are not the real ones: every FID is above 0.
+  fids = {m: report["results"]["k2"][m]["fid"] for m in ("ff", "ft", "nearest_shot")}
+  assert min(fids.values()) > 0, fids
   table = (out / "table.md").read_text().splitlines()
-  assert table[0].startswith("| method | K | SSIM")
+  assert table[0].startswith("| method | K | FID ↓ | SSIM")
   assert [r.split("|")[1:3] for r in table[2:8]] == [
       [" FF ", " 1 "], [" FF ", " 2 "], [" FT ", " 1 "], [" FT ", " 2 "],
       [" nearest shot ", " 1 "], [" nearest shot ", " 2 "]]

@@ -75,6 +75,23 @@ def test_a_session_runs_the_expected_gcloud_commands(gcloud):
   assert len(got) == 8
 
 
+def test_sweep_runs_the_whole_sweep_on_every_worker(gcloud):
+  launch, calls = gcloud
+  launch("sweep", *COMMON, "--sweep", "paper_ablations:vox2_256", "--workdir", "/gcs/b/sweeps/v",
+         "--foreground", "--", "--fid-weights", "/gcs/b/inception.safetensors")
+  (call,) = calls()
+  assert call[:5] == ["compute", "tpus", "tpu-vm", "ssh", "fs-v5e"] and "--worker=all" in call
+  assert call[-1].endswith(
+      "cd fewshot_jax && .venv/bin/fewshot-jax sweep paper_ablations:vox2_256 --workdir "
+      "/gcs/b/sweeps/v --runner local --multihost --fid-weights /gcs/b/inception.safetensors  "
+      "2>&1 | tee -a train.log")
+  r = launch("sweep", *COMMON, "--workdir", "/gcs/b/sweeps/v", check=False)
+  assert r.returncode == 2 and "sweep needs --sweep" in r.stderr
+  r = launch("sweep", *COMMON, "--sweep", "s", "--workdir", "gs://b/sweeps/v", check=False)
+  assert r.returncode == 2 and "mount the bucket" in r.stderr
+  assert len(calls()) == 1
+
+
 def test_spot_vm_without_queue_and_dry_run(gcloud):
   launch, calls = gcloud
   out = launch("create", *COMMON, "--accelerator", "v4-8", "--spot", "--dry-run").stdout

@@ -75,6 +75,14 @@ def _init_distributed(args: argparse.Namespace) -> None:
       jax.local_device_count(), jax.device_count())
 
 
+def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--multihost", action="store_true",
+                 help="call jax.distributed.initialize() (Cloud TPU: no other flags needed)")
+  p.add_argument("--coordinator", help="host:port of process 0 (multi-process, not TPU)")
+  p.add_argument("--num-processes", type=int)
+  p.add_argument("--process-id", type=int)
+
+
 def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   _init_distributed(args)
   from fewshot_jax.train.loop import train  # pylint: disable=g-import-not-at-top
@@ -91,9 +99,12 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 def cmd_convert_weights(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   del overrides
-  from fewshot_jax.models import perceptual  # pylint: disable=g-import-not-at-top
-
-  perceptual.convert_checkpoint(args.kind, args.src, args.dst)
+  if args.kind == "inception":
+    from fewshot_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
+    fid.convert_checkpoint(args.src, args.dst)
+  else:
+    from fewshot_jax.models import perceptual  # pylint: disable=g-import-not-at-top
+    perceptual.convert_checkpoint(args.kind, args.src, args.dst)
   print(f"wrote {args.dst}")
   return 0
 
@@ -153,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   result = report.evaluate_command(
       args.checkpoint, args.data_dir, args.dataset, args.split, report.parse_list(args.shots),
       report.parse_list(args.methods, str), args.out, args.face_metrics, args.landmarks,
-      args.max_videos, overrides)
+      args.max_videos, overrides, args.fid_weights)
   print((pathlib.Path(args.out) / "table.md").read_text())
   print(json.dumps({"out": args.out, "seconds": result["seconds"]}))
   return 0
@@ -167,8 +178,10 @@ def cmd_sweep(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     tpu = {"name": args.tpu_name, "zone": args.zone, "project": args.project}
     sweep.run_tpu(runs, args.workdir, tpu, overrides, dry_run=args.dry_run)
     return 0
+  if not args.dry_run:
+    _init_distributed(args)
   rows = sweep.run_local(runs, args.workdir, overrides, face_metrics=args.face_metrics,
-                         dry_run=args.dry_run)
+                         fid_weights=args.fid_weights, dry_run=args.dry_run)
   if rows:
     print((pathlib.Path(args.workdir) / "results.md").read_text())
   return 0
@@ -192,11 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--config", required=True, help="config name or path[:arg]")
   p.add_argument("--workdir", required=True)
   p.add_argument("--init", help="another run's workdir to start from (when WORKDIR has none)")
-  p.add_argument("--multihost", action="store_true",
-                 help="call jax.distributed.initialize() (Cloud TPU: no other flags needed)")
-  p.add_argument("--coordinator", help="host:port of process 0 (multi-process, not TPU)")
-  p.add_argument("--num-processes", type=int)
-  p.add_argument("--process-id", type=int)
+  _add_distributed_args(p)
   p.set_defaults(func=cmd_train, user_errors=True)
 
   cli_inference.add_parsers(sub)
@@ -213,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=True,
                  help="CSIM, NME and AKD (needs dlib)")
   p.add_argument("--landmarks", choices=("dlib", "fan"), default="dlib")
+  p.add_argument("--fid-weights", help="FID Inception weights (convert-weights --kind inception)")
   p.set_defaults(func=cmd_evaluate, user_errors=True)
 
   p = sub.add_parser("sweep", help="train and evaluate every run of experiments/sweeps/SWEEP.py")
@@ -222,13 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--dry-run", action="store_true", help="print the runs (or commands) only")
   p.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=False,
                  help="local: CSIM/NME/AKD in each run's evaluation (needs dlib)")
+  p.add_argument("--fid-weights", help="local: FID in each run's evaluation (see evaluate)")
   p.add_argument("--tpu-name", help="tpu: the TPU VM (see launch_tpu.sh create)")
   p.add_argument("--zone")
   p.add_argument("--project")
+  _add_distributed_args(p)
   p.set_defaults(func=cmd_sweep, user_errors=True)
 
-  p = sub.add_parser("convert-weights", help="convert a PyTorch VGG checkpoint to safetensors")
-  p.add_argument("--kind", choices=("vgg19", "vggface"), required=True)
+  p = sub.add_parser("convert-weights",
+                     help="convert PyTorch VGG or FID Inception weights to safetensors")
+  p.add_argument("--kind", choices=("vgg19", "vggface", "inception"), required=True,
+                 help="inception: pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
   p.add_argument("--src", required=True, help=".pth state dict (read with weights_only=True)")
   p.add_argument("--dst", required=True, help="output .safetensors")
   p.set_defaults(func=cmd_convert_weights)

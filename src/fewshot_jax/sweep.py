@@ -9,12 +9,14 @@ Runners:
     then the evaluation protocol on the config's held-out videos into ``<run>/eval``. A run whose
     ``eval/eval.json`` exists is done and skipped, so a sweep that was stopped picks up where it
     was. Then ``results.csv``, ``results.md`` and ``results.png`` are written over all runs.
+    With ``--multihost`` (what ``launch_tpu.sh sweep`` runs on every worker of a slice), every
+    process trains and evaluates each run together and process 0 writes the files.
   * ``tpu``: each run is handed to ``launch_tpu.sh train --foreground`` on an existing TPU VM
     (``--tpu-name``, ``--zone``, ``--project``), one after another (a slice trains one run at a
     time), with the run's workdir under the sweep's (a folder every worker sees, such as a bucket
-    mounted by ``launch_tpu.sh setup --bucket``). Evaluate afterwards with the local runner
-    pointed at the same workdir: finished runs resume at their last step and go straight to
-    evaluation.
+    mounted by ``launch_tpu.sh setup --bucket``). It trains only; ``launch_tpu.sh sweep``
+    on the same workdir then evaluates (finished runs resume at their last step and go straight
+    to evaluation). ``launch_tpu.sh sweep`` alone does both, on the slice.
 
 ``--dry-run`` prints what would run (the runs' configs, or the launch commands) and runs nothing.
 """
@@ -100,7 +102,8 @@ def _done(rundir: pathlib.Path) -> bool:
 
 
 def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Sequence[str] = (),
-              face_metrics: bool = False, dry_run: bool = False) -> list[dict[str, Any]]:
+              face_metrics: bool = False, fid_weights: str | None = None,
+              dry_run: bool = False) -> list[dict[str, Any]]:
   """Trains and evaluates each run in turn (skipping finished ones); returns the results rows."""
   workdir = filesystem_path(workdir, "sweep workdir")
   configs = [run_config(r, extra) for r in runs]  # every config is checked before anything runs
@@ -110,11 +113,16 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
       print(f"{r.name}: {r.config} {' '.join(r.overrides + tuple(extra))} "
             f"({cfg.train.steps} steps, {state}) -> {workdir / r.name}")
     return []
+  import jax  # pylint: disable=g-import-not-at-top
+
   from fewshot_jax.data.sources import heldout_arrays, train_sources  # pylint: disable=g-import-not-at-top
   from fewshot_jax.evaluation import report  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
   from fewshot_jax.train.loop import train  # pylint: disable=g-import-not-at-top
 
+  # Multi-host (launch_tpu.sh sweep): every process trains and evaluates each run together;
+  # process 0 writes the evaluation and the results.
+  lead = jax.process_index() == 0
   for i, (r, cfg) in enumerate(zip(runs, configs)):
     rundir = workdir / r.name
     if _done(rundir):
@@ -127,10 +135,11 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
                        "(data.num_eval_videos = 0, or no data.eval_split in the shards)")
     train(cfg, rundir, source, eval_source=held)
     frames, points = heldout_arrays(held)
-    settings = report.EvalSettings(tuple(cfg.eval.shots), ("ff", "ft"), face_metrics)
+    settings = report.EvalSettings(tuple(cfg.eval.shots), ("ff", "ft"), face_metrics,
+                                   fid_weights=fid_weights)
     report.evaluate(load_run(rundir), frames, points, settings, rundir / "eval",
-                    data_description=f"{cfg.data.source} held-out videos")
-  return collect(runs, workdir)
+                    data_description=f"{cfg.data.source} held-out videos", write=lead)
+  return collect(runs, workdir) if lead else []
 
 
 def launch_commands(runs: Sequence[RunSpec], workdir: str, tpu: dict[str, str],

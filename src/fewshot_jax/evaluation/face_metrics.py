@@ -23,7 +23,8 @@ from typing import Protocol
 
 import numpy as np
 
-from fewshot_jax.prep.backends import LandmarkBackend, check_frame, face_recognition_models_dir
+from fewshot_jax.prep.backends import (Face, LandmarkBackend, check_frame,
+                                       face_recognition_models_dir)
 
 LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 36, 45
 
@@ -114,35 +115,63 @@ def _face_near(backend: LandmarkBackend, frame: np.ndarray, box: np.ndarray):
   return best if box_iou(best.box, box) > 0.1 else None
 
 
+@dataclasses.dataclass
+class Reference:
+  """What a ground-truth frame gives every generated frame judged against it: its face (or None)
+  and that face's embedding. Computed once per target, however many K and methods are scored."""
+
+  face: Face | None
+  embedding: np.ndarray | None
+
+
+def references(reals: Sequence[np.ndarray], backend: LandmarkBackend,
+               embedder: FaceEmbedder | None) -> list[Reference]:
+  """Detects the face in each ground-truth frame (the first found) and embeds it."""
+  out = []
+  for real in reals:
+    truth = backend.detect(real)
+    if not truth:
+      out.append(Reference(None, None))
+      continue
+    face = truth[0]
+    emb = embedder.embed(real, face.landmarks) if embedder is not None else None
+    out.append(Reference(face, emb))
+  return out
+
+
 def face_scores(
     fakes: Sequence[np.ndarray],
-    reals: Sequence[np.ndarray],
+    reals: Sequence[np.ndarray] | None,
     backend: LandmarkBackend,
     embedder: FaceEmbedder | None,
+    refs: Sequence[Reference] | None = None,
 ) -> FaceScores:
   """CSIM, NME and AKD of each generated frame against its ground truth (uint8 RGB frames).
 
-  A ground-truth frame in which the backend finds no face has no reference: its pair is left out
-  of every face metric and counted in ``reference_found`` (an evaluation over thousands of frames
-  goes on, and the summary says how many were usable).
+  ``refs`` (from ``references``) stands in for ``reals`` when the same targets are scored many
+  times. A ground-truth frame in which the backend finds no face has no reference: its pair is
+  left out of every face metric and counted in ``reference_found`` (an evaluation over thousands
+  of frames goes on, and the summary says how many were usable).
   """
+  if refs is None:
+    refs = references(reals, backend, embedder)
+  if len(refs) != len(fakes):
+    raise ValueError(f"{len(fakes)} generated frames against {len(refs)} ground-truth frames")
   n = len(fakes)
   csim, nme, akd = (np.full(n, np.nan) for _ in range(3))
   detected = np.zeros(n, bool)
   reference = np.zeros(n, bool)
-  for i, (fake, real) in enumerate(zip(fakes, reals)):
-    truth = backend.detect(real)
-    if not truth:
+  for i, (fake, ref) in enumerate(zip(fakes, refs)):
+    if ref.face is None:
       continue
     reference[i] = True
-    ref = truth[0]
     if embedder is not None:
       # Both faces are aligned by the ground truth's landmarks: in self-reenactment that is where
       # the generated face must be, so CSIM does not depend on detecting it.
-      csim[i] = cosine(embedder.embed(fake, ref.landmarks), embedder.embed(real, ref.landmarks))
-    got = _face_near(backend, fake, ref.box)
+      csim[i] = cosine(embedder.embed(fake, ref.face.landmarks), ref.embedding)
+    got = _face_near(backend, fake, ref.face.box)
     if got is None:
       continue
     detected[i] = True
-    nme[i], akd[i] = landmark_error(got.landmarks, ref.landmarks)
+    nme[i], akd[i] = landmark_error(got.landmarks, ref.face.landmarks)
   return FaceScores(csim=csim, nme=nme, akd=akd, detected=detected, reference=reference)

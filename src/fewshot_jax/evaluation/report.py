@@ -4,6 +4,8 @@ For each K and method (``protocol.reenact``: shots from the first half of each v
 the second), every generated target is scored against its ground truth:
 
 * SSIM, PSNR and L1 on images in [0, 1];
+* FID (``fid``) over all of a method's generated targets against the real ones, when the FID
+  Inception weights are given;
 * CSIM, NME and AKD with a face model (``face_metrics``), unless switched off. Frames smaller than
   ``FACE_MIN_SIZE`` are upscaled (bicubic) first, because dlib's HOG detector does not find faces
   much under 80 px; AKD is reported in the model's own pixels.
@@ -35,6 +37,7 @@ METHODS = ("ff", "ft", "nearest_shot")
 FACE_MIN_SIZE = 256
 # (key, column title, format, higher is better)
 COLUMNS = (
+    ("fid", "FID ↓", "{:.1f}", False),
     ("ssim", "SSIM ↑", "{:.3f}", True),
     ("psnr", "PSNR ↑", "{:.2f}", True),
     ("l1", "L1 ↓", "{:.4f}", False),
@@ -51,6 +54,7 @@ class EvalSettings:
   methods: tuple[str, ...]
   face_metrics: bool = True
   landmarks: str = "dlib"
+  fid_weights: str | None = None  # a `convert-weights --kind inception` file; None: no FID
 
 
 def _upscaled(frames: np.ndarray, factor: int) -> list[np.ndarray]:
@@ -61,9 +65,25 @@ def _upscaled(frames: np.ndarray, factor: int) -> list[np.ndarray]:
           for f in frames]
 
 
+def face_factor(size: int) -> int:
+  """The integer upscale that brings ``size``-px frames to at least ``FACE_MIN_SIZE``."""
+  return max(1, math.ceil(FACE_MIN_SIZE / size))
+
+
+def face_references(real: np.ndarray, backend: Any, embedder: Any) -> list[Any]:
+  """The ground truth's faces and embeddings, found once for every K and method scored on them."""
+  from fewshot_jax.evaluation import face_metrics  # pylint: disable=g-import-not-at-top
+
+  return face_metrics.references(_upscaled(real, face_factor(real.shape[1])), backend, embedder)
+
+
 def score_pairs(fake: np.ndarray, real: np.ndarray, backend: Any, embedder: Any,
+                refs: Sequence[Any] | None = None,
                 progress: Progress | None = None) -> dict[str, float]:
-  """Mean metrics of uint8 generated vs real frames ``[N, S, S, 3]``."""
+  """Mean metrics of uint8 generated vs real frames ``[N, S, S, 3]``.
+
+  ``refs`` (``face_references(real, ...)``) saves finding the ground truth's faces again.
+  """
   a = fake.astype(np.float32) / 255.0
   b = real.astype(np.float32) / 255.0
   out = {"ssim": float(np.mean(image_metrics.ssim(a, b))),
@@ -72,9 +92,10 @@ def score_pairs(fake: np.ndarray, real: np.ndarray, backend: Any, embedder: Any,
   if backend is not None:
     from fewshot_jax.evaluation import face_metrics  # pylint: disable=g-import-not-at-top
 
-    factor = max(1, math.ceil(FACE_MIN_SIZE / fake.shape[1]))
-    scores = face_metrics.face_scores(_upscaled(fake, factor), _upscaled(real, factor), backend,
-                                      embedder)
+    factor = face_factor(fake.shape[1])
+    if refs is None:
+      refs = face_references(real, backend, embedder)
+    scores = face_metrics.face_scores(_upscaled(fake, factor), None, backend, embedder, refs)
     summary = scores.summary()
     summary["akd"] /= factor
     out.update(summary)
@@ -90,6 +111,7 @@ def evaluate(
     settings: EvalSettings,
     out_dir: str | os.PathLike,
     data_description: str = "",
+    write: bool = True,
 ) -> dict[str, Any]:
   """Runs the protocol for every K in ``settings.shots`` and writes the three files.
 
@@ -99,6 +121,8 @@ def evaluate(
     settings: shots, methods and whether to compute the face metrics.
     out_dir: where ``eval.json``, ``table.md`` and ``metrics_vs_k.png`` go.
     data_description: where the videos came from (recorded in eval.json).
+    write: False computes the report without writing it (a multi-host sweep's other processes,
+      which evaluate in step with process 0 so the slice stays in step for the next run).
   """
   from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
 
@@ -117,20 +141,30 @@ def evaluate(
     from fewshot_jax.prep.backends import make_backend  # pylint: disable=g-import-not-at-top
     backend = make_backend(settings.landmarks)
     embedder = DlibFaceEmbedder()
+  inception = None
+  if settings.fid_weights:  # loaded first, so a bad file fails before hours of work
+    from fewshot_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
+    inception = fid.FidInception(settings.fid_weights)
   cfg = run.config
   content = build_content_loss(cfg.loss)
   _, targets = protocol.split_video(frames.shape[1], 1, cfg.eval.targets_per_video)
-  per_k = len(frames) * len(targets) * len(settings.methods)
+  # The targets are the same frames for every K (the second half), so their faces are found once.
+  real = frames[:, targets].reshape((-1,) + frames.shape[2:])
+  refs = face_references(real, backend, embedder) if backend is not None else None
+  real_features = inception(real) if inception is not None else None
+  per_k = len(real) * len(settings.methods)
   progress = Progress(per_k * len(settings.shots), "score", "frames")
   results: dict[str, dict[str, dict[str, float]]] = {}
   for k in settings.shots:
     r = protocol.reenact(run.graphdef, run.vars, cfg, content, frames, points, k,
                          tuple(settings.methods))
-    _, targets = protocol.split_video(frames.shape[1], k, cfg.eval.targets_per_video)
-    real = frames[:, targets].reshape((-1,) + frames.shape[2:])
-    results[f"k{k}"] = {
-        m: score_pairs(r.images[m].reshape(real.shape), real, backend, embedder, progress)
-        for m in settings.methods}
+    results[f"k{k}"] = {}
+    for m in settings.methods:
+      fake = r.images[m].reshape(real.shape)
+      row = score_pairs(fake, real, backend, embedder, refs, progress)
+      if inception is not None:
+        row = {"fid": fid.fid(inception(fake), real_features), **row}
+      results[f"k{k}"][m] = row
   report = {
       "checkpoint": str(run.workdir), "step": run.step,
       "data": data_description, "videos": int(len(frames)), "frames_per_video": int(frames.shape[1]),
@@ -139,10 +173,13 @@ def evaluate(
       "finetune_steps": int(cfg.finetune.steps),
       "face_metrics": ({"landmarks": backend.version, "csim": embedder.name,
                         "upscaled_to_at_least": FACE_MIN_SIZE} if backend else None),
-      "fid": None,  # needs Inception weights; none ship with this build
+      "fid": ({"weights": inception.path, "network": fid.KIND, "real_frames": int(len(real))}
+              if inception is not None else None),
       "results": results,
       "seconds": round(time.perf_counter() - t0, 1),
   }
+  if not write:
+    return report
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   plot_metrics(report, out / "metrics_vs_k.png")
@@ -176,9 +213,11 @@ def format_table(report: dict[str, Any]) -> str:
                for c, _, fmt, _ in cols]
       lines.append(f"| {method.upper() if method != 'nearest_shot' else 'nearest shot'} | "
                    f"{key[1:]} | " + " | ".join(cells) + " |")
-  fid = "FID: not computed (no Inception weights)." if report.get("fid") is None else ""
+  fid_note = ("FID: not computed (no Inception weights: `--fid-weights`)."
+              if report.get("fid") is None else
+              f"FID over {report['fid']['real_frames']} frames per method and K.")
   return "\n".join(lines) + f"\n\n{report['videos']} held-out videos × " \
-      f"{report['targets_per_video']} targets; FT = {report['finetune_steps']} steps. {fid}\n"
+      f"{report['targets_per_video']} targets; FT = {report['finetune_steps']} steps. {fid_note}\n"
 
 
 def plot_metrics(report: dict[str, Any], path: pathlib.Path) -> None:
@@ -217,7 +256,8 @@ def parse_list(text: str, kind: type = int) -> tuple[Any, ...]:
 
 def evaluate_command(checkpoint: str, data_dir: str, dataset: str, split: str, shots: Sequence[int],
                      methods: Sequence[str], out: str, face: bool, landmarks: str,
-                     max_videos: int | None, overrides: Sequence[str]) -> dict[str, Any]:
+                     max_videos: int | None, overrides: Sequence[str],
+                     fid_weights: str | None = None) -> dict[str, Any]:
   """What ``fewshot-jax evaluate`` runs: load, read the held-out split, evaluate, write."""
   from fewshot_jax.data import shards  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
@@ -230,5 +270,5 @@ def evaluate_command(checkpoint: str, data_dir: str, dataset: str, split: str, s
     raise ValueError(f"{directory}: frames are {held['frames'].shape[2]} px, the checkpoint's "
                      f"model.image_size is {size}")
   return evaluate(run, held["frames"], held["landmarks"],
-                  EvalSettings(tuple(shots), tuple(methods), face, landmarks), out,
+                  EvalSettings(tuple(shots), tuple(methods), face, landmarks, fid_weights), out,
                   data_description=f"{directory} split {split}")

@@ -31,6 +31,7 @@ import safetensors.numpy
 from flax import nnx
 
 from fewshot_jax.atomic_files import write_bytes
+from fewshot_jax.torch_weights import read_state_dict, to_numpy
 
 _WIDTHS = (64, 128, 256, 512, 512)
 _FORMAT = "fewshot_jax.perceptual"
@@ -205,11 +206,6 @@ def _check(
   return problems
 
 
-def _to_numpy(t: Any) -> np.ndarray:
-  """A torch tensor (any device, with or without grad) or array-like as a numpy array."""
-  return np.asarray(t.detach().cpu().numpy()) if hasattr(t, "numpy") else np.asarray(t)
-
-
 def _convert(
     kind: str, state_dict: Mapping[str, Any], src_names: Mapping[str, str], ignored: tuple[str, ...]
 ) -> dict[str, np.ndarray]:
@@ -224,7 +220,7 @@ def _convert(
     target = required if name in used else optional
     target[f"{src_names[name]}.weight"] = (cout, cin, 3, 3)
     target[f"{src_names[name]}.bias"] = (cout,)
-  arrays = {k: _to_numpy(v) for k, v in state_dict.items() if not k.startswith(ignored)}
+  arrays = {k: to_numpy(v) for k, v in state_dict.items() if not k.startswith(ignored)}
   # Convs past conv5_1 are dropped, but still shape-checked so a wrong net is caught.
   optional = {k: v for k, v in optional.items() if k in arrays}
   problems = _check({k: a.shape for k, a in arrays.items()}, {**required, **optional})
@@ -336,8 +332,8 @@ def load_features(kind: str, path: str | os.PathLike, *, dtype: Any = jnp.float3
 def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike) -> None:
   """One-time, offline conversion of a PyTorch ``.pth`` state dict to our safetensors file.
 
-  This is the only place torch is used (imported here, lazily); the ``.pth`` is read with
-  ``weights_only=True``, so no arbitrary objects are unpickled.
+  torch is used only to read the ``.pth`` (``torch_weights.read_state_dict``, with
+  ``weights_only=True``, so no arbitrary objects are unpickled).
 
   Args:
     kind: ``'vgg19'`` (torchvision ``vgg19`` state dict) or ``'vggface'`` (``vgg_face_dag.pth``).
@@ -349,15 +345,7 @@ def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike
     ValueError: naming ``src`` if it is not a state dict of ``kind``.
   """
   _layout(kind)
-  if not os.path.isfile(src):
-    raise FileNotFoundError(f"checkpoint not found: {os.fspath(src)}")
-  import torch  # pylint: disable=g-import-not-at-top
-
-  state = torch.load(src, map_location="cpu", weights_only=True)
-  if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
-    state = state["state_dict"]
-  if not isinstance(state, Mapping):
-    raise ValueError(f"{os.fspath(src)} does not hold a state dict (got {type(state).__name__})")
+  state = read_state_dict(src)
   try:
     flat = _CONVERTERS[kind](state)
   except ValueError as e:
