@@ -24,7 +24,7 @@ demo: $(VENV)/.installed-core
 	$(VENV)/bin/fewshot-jax demo --workdir $(WORKDIR)
 
 test: $(VENV)/.installed-dev
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/synthetic.py
