@@ -85,6 +85,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.sample_every = 2000
   c.train.mesh_shape = (-1,)  # devices along 'data'
   c.train.mesh_axes = ("data",)
+  # Execution only (the model, its checkpoints and exports are the same either way):
+  c.train.compute_dtype = "float32"  # "bfloat16": bf16 activations, f32 params/stats/losses
+  c.train.remat = False  # recompute each residual block's activations in the backward pass
 
   c.finetune = ml_collections.ConfigDict()
   c.finetune.steps = 200

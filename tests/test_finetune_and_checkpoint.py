@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import numpy as np
 import pytest
@@ -22,9 +24,32 @@ def trained(tmp_path_factory):
                     "train.eval_every=2", "eval.hook_batches=1")
   frames, points = random_videos(8, 8, cfg.model.image_size)
   held_frames, held_points = random_videos(4, 8, cfg.model.image_size, seed=1)
-  result = train(cfg, workdir, EpisodeSource.from_arrays(frames, points),
-                 eval_source=EpisodeSource.from_arrays(held_frames, held_points))
-  return workdir, cfg, result, frames, points
+  # Every program jax lowers is logged (at DEBUG) by name: the step's must be lowered once.
+  lowered: list[str] = []
+
+  class Lowerings(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+      if record.getMessage().startswith("Compiling "):
+        lowered.append(str(record.args[0]))
+
+  logger = logging.getLogger("jax._src.interpreters.pxla")
+  handler, level = Lowerings(), logger.level
+  logger.addHandler(handler)
+  logger.setLevel(logging.DEBUG)
+  try:
+    result = train(cfg, workdir, EpisodeSource.from_arrays(frames, points),
+                   eval_source=EpisodeSource.from_arrays(held_frames, held_points))
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+  return workdir, cfg, result, frames, points, lowered
+
+
+def test_the_step_compiles_once_for_the_whole_run(trained):
+  """Three steps with a checkpoint, samples and an evaluation between them: no recompilation
+  (a changed shape, dtype, sharding or weak type in the carried state would show up here)."""
+  lowered = trained[5]
+  assert lowered.count("jit(step)") == 1, lowered
 
 
 def test_the_loop_logs_samples_and_held_out_metrics(trained):
@@ -43,7 +68,7 @@ def test_the_loop_logs_samples_and_held_out_metrics(trained):
 
 
 def test_checkpoint_reloads_the_ema_weights_and_config(trained):
-  workdir, cfg, result, _, _ = trained
+  workdir, cfg, result, _, _, _ = trained
   run = load_run(workdir)
   assert run.step == 3
   assert run.config.runtime.content_loss.startswith("pixel L1")  # said in the saved config
@@ -53,13 +78,13 @@ def test_checkpoint_reloads_the_ema_weights_and_config(trained):
 
 
 def test_rerun_resumes_instead_of_restarting(trained):
-  workdir, cfg, _, frames, points = trained
+  workdir, cfg, _, frames, points, _ = trained
   more = train(tiny_config("train.steps=4"), workdir, EpisodeSource.from_arrays(frames, points))
   assert more.steps_run == 1 and int(more.state.step) == 4
 
 
 def test_finetune_fits_the_shots_and_identity_round_trips(trained, tmp_path):
-  workdir, cfg, result, frames, points = trained
+  workdir, cfg, result, frames, points, _ = trained
   run = load_run(workdir)
   cfg = run.config
   cfg.finetune.steps = 15

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from fewshot_jax.models import layers
@@ -77,3 +80,40 @@ def test_resdown_and_resup_shapes():
   up = layers.ResUpAdaIN(8, 4, rngs=nnx.Rngs(0))
   p = [jnp.zeros((2, 16)), jnp.zeros((2, 8))]
   assert up(jnp.ones((2, 8, 8, 8)), p).shape == (2, 16, 16, 4)
+
+
+@pytest.mark.parametrize("kernel_shape", [(3, 3, 5, 7), (1, 1, 6, 4), (5, 5, 3, 2)])
+def test_conv_weight_gradient_formulations_match_xla(kernel_shape):
+  """The CPU weight gradients (taps, rows) against XLA's own, and the custom-VJP conv's
+  gradients (both arguments) against plain XLA differentiation."""
+  from fewshot_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
+
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (2, 9, 6, kernel_shape[2]))
+  k = jax.random.normal(jax.random.fold_in(key, 1), kernel_shape)
+  dy = jax.random.normal(jax.random.fold_in(key, 2), (2, 9, 6, kernel_shape[3]))
+  want = jax.vjp(lambda k: conv_lib._xla_conv(x, k), k)[1](dy)[0]  # pylint: disable=protected-access
+  np.testing.assert_allclose(conv_lib.weight_grad_rows(x, dy, k.shape), want, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(conv_lib.weight_grad_taps(x, dy, k.shape), want, rtol=1e-4, atol=1e-4)
+
+  def loss(conv, x, k):
+    return jnp.sum(jnp.sin(conv(x, k)))
+
+  got = jax.grad(functools.partial(loss, conv_lib._conv_taps_grad), argnums=(0, 1))(x, k)  # pylint: disable=protected-access
+  ref = jax.grad(functools.partial(loss, conv_lib._xla_conv), argnums=(0, 1))(x, k)  # pylint: disable=protected-access
+  for a, b in zip(got, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_weight_gradient_mode(monkeypatch):
+  from fewshot_jax.models import conv as conv_lib  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.delenv(conv_lib.WEIGHT_GRAD_ENV, raising=False)
+  cpu = jax.default_backend() == "cpu"
+  assert conv_lib.weight_grad_mode((8, 128, 128, 64)) == ("taps" if cpu else "xla")
+  assert conv_lib.weight_grad_mode((8, 32, 32, 256)) == "xla"  # XLA's own is as fast there
+  monkeypatch.setenv(conv_lib.WEIGHT_GRAD_ENV, "xla")
+  assert conv_lib.weight_grad_mode() == "xla"
+  monkeypatch.setenv(conv_lib.WEIGHT_GRAD_ENV, "cudnn")
+  with pytest.raises(ValueError, match="FEWSHOT_CONV_WEIGHT_GRAD='cudnn'"):
+    conv_lib.weight_grad_mode()

@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from conftest import random_videos, tiny_config
 from fewshot_jax.content import build_content_loss
@@ -124,3 +126,62 @@ def test_episode_targets_are_never_among_the_sources():
   cfg.train.k_shots = 10
   with pytest.raises(ValueError, match="needs 11 frames per video"):
     episodes.episode_dataset(source, cfg)
+
+
+def _step_jaxpr(*overrides: str) -> str:
+  """The step's program (traced, not compiled) under a tiny config with ``overrides``."""
+  cfg = tiny_config(*overrides)
+  state, _, content, batches, _ = _setup(cfg)
+  graphdef = st.abstract_model(cfg, NUM_VIDEOS)[0]
+  return str(jax.make_jaxpr(step_lib.make_train_step(graphdef, cfg, content))(
+      state, next(batches), content.params))
+
+
+def _one_step(*overrides: str):
+  state, step, content, batches, _ = _setup(tiny_config(*overrides))
+  state, metrics = step(state, next(batches), content.params)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_remat_recomputes_the_same_step():
+  """train.remat puts the residual blocks under jax.checkpoint: memory and FLOPs change, the
+  losses and the gradients do not."""
+  plain_jaxpr, remat_jaxpr = _step_jaxpr(), _step_jaxpr("train.remat=True")
+  # The blocks' forwards run again in the backward pass: their ReLUs (custom_jvp calls) and
+  # matmuls appear twice in the step's program.
+  for op in ("custom_jvp_call[", "dot_general["):
+    assert remat_jaxpr.count(op) > 1.3 * plain_jaxpr.count(op), op
+  # Gradients of E and G (through D) with and without remat.
+  from fewshot_jax.models import execution  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config()
+  graphdef, v = st.split_model(st.TalkingHeadModel(cfg.model, NUM_VIDEOS, rngs=nnx.Rngs(0)))
+  frames, points = random_videos(2, 3, cfg.model.image_size)
+  images = (frames.astype(np.float32) / 127.5 - 1.0)
+  landmarks = step_lib.landmark_images(points, cfg.model)
+
+  def loss(g, remat):
+    with execution.options(remat=remat):
+      model = st.merge_model(graphdef, v.replace(g=g))
+      e = model.embedder(images[:, :2], landmarks[:, :2])
+      fake = model.generator(landmarks[:, 2], model.generator.psi_from_embedding(e))
+      scores, acts = model.discriminator(fake, landmarks[:, 2], np.arange(2))
+      return jnp.sum(scores) + sum(jnp.mean(a**2) for a in acts) + jnp.mean(fake**2)
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  want, got = grad(v.g, False), grad(v.g, True)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()) + 1e-9)
+
+
+def test_bf16_compute_keeps_f32_parameters_and_close_losses():
+  _, f32 = _one_step()
+  bf16_state, bf16 = _one_step("train.compute_dtype=bfloat16")
+  assert "bf16[" in _step_jaxpr("train.compute_dtype=bfloat16")
+  for leaf in jax.tree.leaves((bf16_state.vars, bf16_state.opt_g, bf16_state.ema_g)):
+    if np.issubdtype(leaf.dtype, np.floating):
+      assert leaf.dtype == np.float32
+  for key in ("g/content", "g/fm", "g/match", "d/hinge"):
+    assert np.isfinite(bf16[key])
+    assert abs(bf16[key] - f32[key]) <= 0.05 * abs(f32[key]) + 1e-3, (key, bf16[key], f32[key])
+  with pytest.raises(ValueError, match="compute dtype 'float16'"):
+    _one_step("train.compute_dtype=float16")

@@ -22,11 +22,12 @@ def l1(a: jax.Array, b: jax.Array) -> jax.Array:
 def perceptual_l1(net: FeatureNet, fake: jax.Array, real: jax.Array) -> jax.Array:
   """Sum over the tapped layers of the L1 between activations of ``fake`` and ``real``.
 
-  Both images go through the net in one batch; the real branch carries no gradient.
+  The real images go through the net on their own, outside the differentiated computation: in
+  one batch with the fakes, the backward pass would also run through the real half (whose
+  gradient is thrown away) and keep its activations for it.
   """
-  n = fake.shape[0]
-  acts = net(jnp.concatenate([fake, jax.lax.stop_gradient(real)], axis=0))
-  return sum(l1(a[:n], jax.lax.stop_gradient(a[n:])) for a in acts)
+  real_acts = [jax.lax.stop_gradient(a) for a in net(jax.lax.stop_gradient(real))]
+  return sum(l1(f, r) for f, r in zip(net(fake), real_acts))
 
 
 def content_loss(

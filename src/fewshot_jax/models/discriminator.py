@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fewshot_jax.models import execution
 from fewshot_jax.models.embedder import DownStack
 from fewshot_jax.models.layers import ResBlock
 
@@ -50,11 +51,12 @@ class Discriminator(nnx.Module):
       self, frames: jax.Array, landmark_images: jax.Array
   ) -> tuple[jax.Array, list[jax.Array]]:
     """V(x, y) ``[B, N]`` and the list of block activations."""
-    h, acts = self.stack(jnp.concatenate([frames, landmark_images], axis=-1))
-    if self.extra is not None:
-      h = self.extra(h)
-      acts.append(h)
-    return jnp.sum(jax.nn.relu(h), axis=(1, 2)), acts
+    with jax.named_scope("discriminator"):  # names its ops in profiles
+      h, acts = self.stack(jnp.concatenate([frames, landmark_images], axis=-1))
+      if self.extra is not None:
+        h = execution.block(self.extra, h)
+        acts.append(h)
+      return jnp.sum(jax.nn.relu(h).astype(jnp.float32), axis=(1, 2)), acts
 
   def score(self, v: jax.Array, w: jax.Array) -> jax.Array:
     """r = V·(w + w0) + b: ``[B, N]`` features, ``[B, N]`` projection vectors -> ``[B]``."""

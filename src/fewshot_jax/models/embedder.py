@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fewshot_jax.models import execution
 from fewshot_jax.models.layers import ResDown, SelfAttention
 
 
@@ -43,7 +44,7 @@ class DownStack(nnx.Module):
   def __call__(self, x: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
     acts = []
     for block, attn in zip(self.blocks, self.attns):
-      x = block(x)
+      x = execution.block(block, x)
       if attn is not None:
         x = attn(x)
       acts.append(x)
@@ -74,12 +75,13 @@ class Embedder(nnx.Module):
     Returns:
       ``[..., N]``.
     """
-    lead = frames.shape[:-3]
-    x = jnp.concatenate([frames, landmark_images], axis=-1)
-    x = x.reshape((-1,) + x.shape[-3:])
-    h, _ = self.stack(x)
-    e = jnp.sum(jax.nn.relu(h), axis=(1, 2))
-    return e.reshape(lead + (self.embed_dim,))
+    with jax.named_scope("embedder"):  # names its ops in profiles
+      lead = frames.shape[:-3]
+      x = jnp.concatenate([frames, landmark_images], axis=-1)
+      x = x.reshape((-1,) + x.shape[-3:])
+      h, _ = self.stack(x)
+      e = jnp.sum(jax.nn.relu(h).astype(jnp.float32), axis=(1, 2))  # f32 whatever the compute dtype
+      return e.reshape(lead + (self.embed_dim,))
 
   def __call__(self, frames: jax.Array, landmark_images: jax.Array) -> jax.Array:
     """ê for each video: ``[B, K, H, W, 3]`` twice -> ``[B, N]`` (mean over K)."""

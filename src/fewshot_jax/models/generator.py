@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fewshot_jax.models import execution
 from fewshot_jax.models.layers import (
     ResAdaIN,
     ResDown,
@@ -92,20 +93,21 @@ class Generator(nnx.Module):
     Returns:
       ``[B, H, W, 3]`` images in [-1, 1].
     """
-    p = self._split_psi(psi)
-    x = landmark_images
-    for block, attn in zip(self.downs, self.down_attn):
-      x = block(x)
-      if attn is not None:
-        x = attn(x)
-    i = 0
-    for block in self.res_blocks:
-      x = block(x, p[i : i + 2])
-      i += 2
-    for block, attn in zip(self.ups, self.up_attn):
-      x = block(x, p[i : i + 2])
-      i += 2
-      if attn is not None:
-        x = attn(x)
-    x = jax.nn.relu(adain(x, p[i]))
-    return jnp.tanh(self.out_conv(x))
+    with jax.named_scope("generator"):  # names its ops in profiles
+      p = self._split_psi(psi)
+      x = landmark_images
+      for block, attn in zip(self.downs, self.down_attn):
+        x = execution.block(block, x)
+        if attn is not None:
+          x = attn(x)
+      i = 0
+      for block in self.res_blocks:
+        x = execution.block(block, x, p[i : i + 2])
+        i += 2
+      for block, attn in zip(self.ups, self.up_attn):
+        x = execution.block(block, x, p[i : i + 2])
+        i += 2
+        if attn is not None:
+          x = attn(x)
+      x = jax.nn.relu(adain(x, p[i]))
+      return jnp.tanh(self.out_conv(x))

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fewshot_jax.models.conv import conv2d
+
 _INIT = nnx.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
@@ -96,9 +98,7 @@ class SNConv(_SpectralLayer):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     w = self._effective_kernel(self.kernel[...]).astype(x.dtype)
-    y = jax.lax.conv_general_dilated(
-        x, w, window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )
+    y = conv2d(x, w)  # XLA's conv; on CPU with a matmul weight gradient (models/conv.py)
     if self.bias is not None:
       y = y + self.bias[...].astype(x.dtype)
     return y
@@ -131,10 +131,15 @@ class SNDense(_SpectralLayer):
 
 
 def instance_norm(x: jax.Array, eps: float = 1e-5) -> jax.Array:
-  """Normalises each sample's channels over H and W (no learned affine)."""
-  mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-  var = jnp.var(x, axis=(1, 2), keepdims=True)
-  return (x - mean) * jax.lax.rsqrt(var + eps)
+  """Normalises each sample's channels over H and W (no learned affine).
+
+  The statistics are taken in f32 whatever the compute dtype: a bf16 mean over 65,536 pixels
+  would lose the small variances that AdaIN then scales up.
+  """
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
+  var = jnp.var(xf, axis=(1, 2), keepdims=True)
+  return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
 
 
 def adain(x: jax.Array, params: jax.Array, eps: float = 1e-5) -> jax.Array:

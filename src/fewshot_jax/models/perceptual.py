@@ -31,6 +31,7 @@ import safetensors.numpy
 from flax import nnx
 
 from fewshot_jax.atomic_files import write_bytes
+from fewshot_jax.models import execution
 from fewshot_jax.torch_weights import read_state_dict, to_numpy
 
 _WIDTHS = (64, 128, 256, 512, 512)
@@ -116,12 +117,13 @@ class VGGFeatures(nnx.Module):
   Built with zero weights; fill them with ``set_weights`` (or build with ``load_features``).
   """
 
-  def __init__(self, kind: str, *, dtype: Any = jnp.float32):
+  def __init__(self, kind: str, *, dtype: Any = None):
     """Builds the layers of net ``kind`` up to conv5_1.
 
     Args:
       kind: ``'vgg19'`` or ``'vggface'``.
-      dtype: compute dtype; inputs and weights are cast to it.
+      dtype: compute dtype; inputs and weights are cast to it. None: the traced program's
+        (``models.execution``; f32 unless the train step runs in bf16).
     """
     convs = _used_convs(_layout(kind).stages)
     self.kind = kind
@@ -139,18 +141,20 @@ class VGGFeatures(nnx.Module):
     Returns:
       The five activations ``[relu1_1, relu2_1, relu3_1, relu4_1, relu5_1]``, NHWC.
     """
-    layout = _LAYOUTS[self.kind]
-    x = (x.astype(self.dtype) + 1.0) * (0.5 * layout.scale)
-    x = (x - jnp.asarray(layout.mean, self.dtype)) / jnp.asarray(layout.std, self.dtype)
-    taps = []
-    for name in self.layer_names:
-      is_tap = name.endswith("_1")
-      if is_tap and name != "conv1_1":
-        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
-      x = jax.nn.relu(getattr(self, name)(x))
-      if is_tap:
-        taps.append(x)
-    return taps
+    with jax.named_scope("perceptual"):  # names its ops in profiles
+      layout = _LAYOUTS[self.kind]
+      dtype = self.dtype or execution.current().compute_dtype
+      x = (x.astype(jnp.float32) + 1.0) * (0.5 * layout.scale)
+      x = ((x - jnp.asarray(layout.mean)) / jnp.asarray(layout.std)).astype(dtype)
+      taps = []
+      for name in self.layer_names:
+        is_tap = name.endswith("_1")
+        if is_tap and name != "conv1_1":
+          x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = jax.nn.relu(getattr(self, name)(x))
+        if is_tap:
+          taps.append(x)
+      return taps
 
   def set_weights(self, flat: Mapping[str, Any]) -> None:
     """Fills the weights from a flat dict as written by the converters.
@@ -175,18 +179,18 @@ class VGGFeatures(nnx.Module):
 class VGG19Features(VGGFeatures):
   """torchvision's VGG19 (ImageNet): [-1, 1] -> [0, 1] -> ImageNet mean/std normalisation."""
 
-  def __init__(self, *, dtype: Any = jnp.float32):
+  def __init__(self, *, dtype: Any = None):
     super().__init__("vgg19", dtype=dtype)
 
 
 class VGGFaceFeatures(VGGFeatures):
   """VGG-Face (VGG16, Parkhi et al. 2015), dag port: [-1, 1] -> [0, 255] RGB minus mean, no std."""
 
-  def __init__(self, *, dtype: Any = jnp.float32):
+  def __init__(self, *, dtype: Any = None):
     super().__init__("vggface", dtype=dtype)
 
 
-def build_features(kind: str, *, dtype: Any = jnp.float32) -> VGGFeatures:
+def build_features(kind: str, *, dtype: Any = None) -> VGGFeatures:
   """An unloaded (zero-weight) ``VGG19Features`` or ``VGGFaceFeatures``."""
   _layout(kind)
   return {"vgg19": VGG19Features, "vggface": VGGFaceFeatures}[kind](dtype=dtype)
@@ -303,13 +307,13 @@ def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return _read(path)[0]
 
 
-def load_features(kind: str, path: str | os.PathLike, *, dtype: Any = jnp.float32) -> VGGFeatures:
+def load_features(kind: str, path: str | os.PathLike, *, dtype: Any = None) -> VGGFeatures:
   """Builds the ``kind`` net and fills it from a file written by ``convert_checkpoint``.
 
   Args:
     kind: ``'vgg19'`` or ``'vggface'``.
     path: the safetensors file.
-    dtype: compute dtype of the net.
+    dtype: compute dtype of the net (None: the traced program's, see ``VGGFeatures``).
 
   Returns:
     The loaded ``VGG19Features`` / ``VGGFaceFeatures``.
