@@ -31,6 +31,10 @@ bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/prep.py
 	$(VENV)/bin/python benchmarks/input.py --workers 0 1 2
 	$(VENV)/bin/python benchmarks/inference.py
+	$(VENV)/bin/python benchmarks/conv_grads.py
+	$(VENV)/bin/python benchmarks/train_step.py
+	$(VENV)/bin/python benchmarks/profile_step.py
+	$(VENV)/bin/python benchmarks/memory_estimate.py
 
 clean-venv:
 	rm -rf $(VENV)

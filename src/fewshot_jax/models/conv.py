@@ -1,14 +1,14 @@
 """Stride-1 'SAME' 2-D convolution (NHWC input, HWIO kernel), with a faster weight gradient on CPU.
 
 Why: on XLA:CPU the weight gradient of a conv (a convolution of the input with the output
-gradient, reduced over batch and space) runs several times slower than the forward conv on
-large images with few channels: 20-30 GFLOP/s against 140-170 at 128-256 px and 64 channels
-(``benchmarks/conv_grads.py``), and weight gradients are a third of a train step's FLOPs. The same
-sum is, per kernel tap, a matmul of the shifted input with the output gradient, and batched
-per-image matmuls run 1.5-3.5× faster there. So on CPU, for inputs of at least
-``TAPS_MIN_PIXELS`` per image, the conv carries a custom VJP whose weight gradient is that sum of
-matmuls; the input gradient and the forward stay XLA's. Smaller, deeper layers keep XLA's weight
-gradient, which is as fast there. On TPU and GPU XLA's own kernels are used unchanged.
+gradient, reduced over batch and space) runs at a fifth or less of the forward's rate on large
+images with few channels: 21-44 GFLOP/s against 136-173 at 64-256 px (``benchmarks/conv_grads.py``),
+and it was the largest single cost of the train step. The same sum is, per kernel tap, a matmul of
+the shifted input with the output gradient; as batched per-image matmuls in a loop over the taps
+it runs at 55-124 GFLOP/s there. So on CPU, for inputs of at least ``TAPS_MIN_PIXELS`` per image,
+the conv carries a custom VJP whose weight gradient is that loop; the input gradient and the
+forward stay XLA's. Smaller, deeper layers keep XLA's weight gradient, which is faster there. On TPU
+and GPU XLA's own kernels are used unchanged.
 
 The choice is made when the function is traced: ``FEWSHOT_CONV_WEIGHT_GRAD`` = ``auto`` (the
 default, as above), ``xla`` or ``taps``. Exported programs contain only forwards, which are the
