@@ -2,8 +2,8 @@
 
 Why: on XLA:CPU the weight gradient of a conv (a convolution of the input with the output
 gradient, reduced over batch and space) runs at a fifth or less of the forward's rate on large
-images with few channels: 21-44 GFLOP/s against 136-173 at 64-256 px (``benchmarks/conv_grads.py``),
-and it was the largest single cost of the train step. The same sum is, per kernel tap, a matmul of
+images with few channels: 21-44 GFLOP/s against 136-173 at 64-256 px
+(``benchmarks/conv_grads.py``), and it was the largest single cost of the train step. The same sum is, per kernel tap, a matmul of
 the shifted input with the output gradient; as batched per-image matmuls in a loop over the taps
 it runs at 55-124 GFLOP/s there. So on CPU, for inputs of at least ``TAPS_MIN_PIXELS`` per image,
 the conv carries a custom VJP whose weight gradient is that loop; the input gradient and the
