@@ -22,13 +22,13 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
 import tensorflow_datasets as tfds
 
 from fewshot_jax import config as config_lib
@@ -39,6 +39,9 @@ from fewshot_jax.prep import tfds_builder
 from fewshot_jax.train import sharding as sh
 from fewshot_jax.train import state as st
 from fewshot_jax.train import step as step_lib
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import train_step  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def build(root: pathlib.Path, size: int, videos: int, file_format: str) -> str:
@@ -75,15 +78,8 @@ def step_seconds(cfg, iters: int) -> dict[str, Any]:
   mesh = sh.make_mesh(cfg)
   shardings = sh.state_shardings(mesh, jax.eval_shape(init, jax.random.PRNGKey(0)))
   state = jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(0))
-  b, k, s = cfg.train.batch_size, cfg.train.k_shots, cfg.model.image_size
-  rng = np.random.default_rng(0)
-  batch = {
-      "frames": rng.integers(0, 256, (b, k, s, s, 3), np.uint8),
-      "landmarks": rng.uniform(s * 0.3, s * 0.7, (b, k, 68, 2)).astype(np.float32),
-      "target": rng.integers(0, 256, (b, s, s, 3), np.uint8),
-      "target_landmarks": rng.uniform(s * 0.3, s * 0.7, (b, 68, 2)).astype(np.float32),
-      "video_index": np.arange(b, dtype=np.int32),
-  }
+  b = cfg.train.batch_size
+  batch = train_step.random_batch(b, cfg.train.k_shots, cfg.model.image_size)
   step = jax.jit(step_lib.make_train_step(graphdef, cfg, content), donate_argnums=0)
   t0 = time.perf_counter()
   state, m = step(state, batch, content.params)

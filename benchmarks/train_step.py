@@ -78,7 +78,6 @@ def build_case(config: str, batch: int, extra: Sequence[str] = ()) -> dict[str, 
   """The config (with the port's schedule and random perceptual weights), a fresh train state,
   a random batch and the jitted step, ready to lower."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   from fewshot_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
@@ -95,18 +94,24 @@ def build_case(config: str, batch: int, extra: Sequence[str] = ()) -> dict[str, 
   num_videos = max(batch, 8)
   graphdef, _ = st.abstract_model(cfg, num_videos)
   state = jax.jit(lambda r: st.init_train_state(cfg, num_videos, r))(jax.random.PRNGKey(0))
-  b, k, s = batch, cfg.train.k_shots, cfg.model.image_size
+  data = random_batch(batch, cfg.train.k_shots, cfg.model.image_size)
+  step = jax.jit(step_lib.make_train_step(graphdef, cfg, content), donate_argnums=0)
+  return {"cfg": cfg, "content": content, "state": state, "data": jax.device_put(data),
+          "step": step}
+
+
+def random_batch(b: int, k: int, s: int) -> dict[str, Any]:
+  """A batch in the input pipeline's layout: ``b`` episodes of ``k`` shots at ``s`` px."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
-  data = {
+  return {
       "frames": rng.integers(0, 256, (b, k, s, s, 3), np.uint8),
       "landmarks": rng.uniform(s * 0.3, s * 0.7, (b, k, 68, 2)).astype(np.float32),
       "target": rng.integers(0, 256, (b, s, s, 3), np.uint8),
       "target_landmarks": rng.uniform(s * 0.3, s * 0.7, (b, 68, 2)).astype(np.float32),
       "video_index": np.arange(b, dtype=np.int32),
   }
-  step = jax.jit(step_lib.make_train_step(graphdef, cfg, content), donate_argnums=0)
-  return {"cfg": cfg, "content": content, "state": state, "data": jax.device_put(data),
-          "step": step}
 
 
 def run_case(config: str, batch: int, iters: int, extra: Sequence[str] = ()) -> dict[str, Any]:
