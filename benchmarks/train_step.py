@@ -127,6 +127,7 @@ def run_case(config: str, batch: int, iters: int, extra: Sequence[str] = ()) -> 
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   compile_peak_rss = _peak_rss_bytes(reset=True)  # the run's own peak is measured from here
+  rss_after_compile = _rss_bytes()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", float("nan")))
@@ -158,10 +159,22 @@ def run_case(config: str, batch: int, iters: int, extra: Sequence[str] = ()) -> 
                                          + mem.temp_size_in_bytes - mem.alias_size_in_bytes),
           # Peak resident memory while compiling (XLA's own) and while stepping (the step's).
           "compile_peak_rss_bytes": compile_peak_rss,
+          # Resident before the first step: the parameters, the batch, the runtime, and whatever
+          # heap the compiler freed but the allocator kept.
+          "rss_after_compile_bytes": rss_after_compile,
           "process_peak_rss_bytes": _peak_rss_bytes(),
       },
       "loss_finite": bool(np.isfinite(float(metrics["g/total"]))),
   }
+
+
+def _rss_bytes() -> int:
+  """This process's resident set now (VmRSS), or 0 where /proc is not there."""
+  try:
+    with open("/proc/self/status", encoding="ascii") as f:
+      return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+  except OSError:
+    return 0
 
 
 def _peak_rss_bytes(reset: bool = False) -> int:

@@ -101,3 +101,51 @@ def test_mirror_is_an_involution_and_swaps_sides():
 def test_rejects_wrong_shape():
   with pytest.raises(ValueError, match="68, 2"):
     lmk.rasterize(jnp.zeros((5, 2)), 32)
+
+
+@pytest.fixture(scope="module")
+def carphone_crop_points() -> np.ndarray:
+  """dlib's landmarks of every 8th carphone frame, in 256 px crops made with data prep's recipe."""
+  dlib_backend = pytest.importorskip("fewshot_jax.prep.backends").make_backend("dlib")
+  from fewshot_jax.prep import crop as crop_lib  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.prep.video import read_video  # pylint: disable=g-import-not-at-top
+  from test_prep_backends import carphone_path  # pylint: disable=g-import-not-at-top
+
+  frames = read_video(carphone_path())[0][::8]
+  points = np.stack([dlib_backend.detect(f)[0].landmarks for f in frames])
+  boxes = crop_lib.crop_boxes(points)
+  return np.stack([crop_lib.crop_frame(f, b, p, 256)[1] for f, b, p in zip(frames, boxes, points)])
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_tiled_path_draws_real_faces_exactly_as_the_dense_one(carphone_crop_points, size):
+  points = jnp.asarray(carphone_crop_points * (size / 256))
+  thickness = lmk.default_thickness(size)
+  tile = lmk._tile_size(size)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  plan = jax.jit(lmk._plan_tiles, static_argnums=(1, 2, 3))(points, size, thickness, tile)
+  assert not bool(plan.overflow)  # real faces take the fast path
+  tiled = jax.jit(lmk._tiled_image, static_argnums=(1, 2, 3))(points, size, thickness, tile, plan)
+  dense = jax.jit(lmk._dense_image, static_argnums=(1, 2))(points, size, thickness)
+  np.testing.assert_allclose(np.asarray(tiled), np.asarray(dense), atol=1e-5)
+  assert float(dense.max()) > 0.9  # something was drawn
+
+
+@pytest.mark.parametrize("case", ["crowded", "spread"])
+def test_landmarks_the_tiles_cannot_hold_are_drawn_densely(case):
+  size = 128
+  rng = np.random.default_rng(7)
+  face = _face_like_points(rng, size)
+  if case == "crowded":  # every point within 3 px: each tile meets all 63 segments
+    odd = size / 2 + rng.uniform(-3, 3, (68, 2))
+  else:  # points all over the image: most tiles are reached
+    odd = rng.uniform(0, size, (68, 2))
+  points = jnp.asarray(np.stack([face, odd]).astype(np.float32))
+  thickness = lmk.default_thickness(size)
+  # pylint: disable=protected-access
+  plan = jax.jit(lmk._plan_tiles, static_argnums=(1, 2, 3))(points, size, thickness,
+                                                            lmk._tile_size(size))
+  assert bool(plan.overflow)
+  dense = jax.jit(lmk._dense_image, static_argnums=(1, 2))(points, size, thickness)
+  np.testing.assert_allclose(np.asarray(jax.jit(lmk.rasterize, static_argnums=1)(points, size)),
+                             np.asarray(dense), atol=1e-5)
