@@ -9,6 +9,7 @@ then a new identity, fitted from one shot.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -17,15 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import TEST_XLA_FLAGS
 from test_prep_backends import carphone_path
 from fewshot_jax import cli
-from fewshot_jax import config as config_lib
 from fewshot_jax.inference import motion as motion_lib
 
 dlib = pytest.importorskip("dlib")
 skdata = pytest.importorskip("skimage.data")
 
-from fewshot_jax.data.episodes import EpisodeSource  # noqa: E402
 from fewshot_jax.inference import driver as driver_lib  # noqa: E402
 from fewshot_jax.inference import export as export_lib  # noqa: E402
 from fewshot_jax.inference import faces  # noqa: E402
@@ -34,7 +34,6 @@ from fewshot_jax.images import to_uint8  # noqa: E402
 from fewshot_jax.inference import TalkingHead  # noqa: E402
 from fewshot_jax.inference import identity as identity_lib  # noqa: E402
 from fewshot_jax.inference.run import IncompatibleCheckpoint, load_run  # noqa: E402
-from fewshot_jax.prep import crop as crop_lib  # noqa: E402
 from fewshot_jax.prep.backends import DlibBackend, make_backend  # noqa: E402
 from fewshot_jax.prep.video import VideoError, read_video  # noqa: E402
 from fewshot_jax.visualize import save_mp4  # noqa: E402
@@ -56,25 +55,48 @@ def astronaut(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, backend) -> pathlib.Path:
-  """A small model meta-trained on the carphone speaker's face crops (8 'videos' of his clip)."""
-  from fewshot_jax.train.loop import train  # pylint: disable=g-import-not-at-top
+_TRAIN_ON_CARPHONE = """
+import pathlib, sys
+import numpy as np
+from fewshot_jax import config as config_lib
+from fewshot_jax.data.episodes import EpisodeSource
+from fewshot_jax.prep import crop as crop_lib
+from fewshot_jax.prep.backends import make_backend
+from fewshot_jax.prep.video import read_video
+from fewshot_jax.train.loop import train
 
-  frames, _ = read_video(carphone_path())
-  found = [(i, f[0].landmarks) for i, f in enumerate(map(backend.detect, frames)) if f]
-  points = np.stack([p for _, p in found])
-  boxes = crop_lib.crop_boxes(points)
-  crops = [crop_lib.crop_frame(frames[i], b, p, SIZE) for (i, p), b in zip(found, boxes)]
-  n = len(crops) // 8 * 8
-  video_frames = np.stack([c[0] for c in crops[:n]]).reshape(8, -1, SIZE, SIZE, 3)
-  video_points = np.stack([c[1] for c in crops[:n]]).reshape(8, -1, 68, 2)
+video, workdir = sys.argv[1], pathlib.Path(sys.argv[2])
+size, steps = int(sys.argv[3]), int(sys.argv[4])
+backend = make_backend("dlib")
+frames, _ = read_video(video)
+found = [(i, f[0].landmarks) for i, f in enumerate(map(backend.detect, frames)) if f]
+points = np.stack([p for _, p in found])
+boxes = crop_lib.crop_boxes(points)
+crops = [crop_lib.crop_frame(frames[i], b, p, size) for (i, p), b in zip(found, boxes)]
+n = len(crops) // 8 * 8
+video_frames = np.stack([c[0] for c in crops[:n]]).reshape(8, -1, size, size, 3)
+video_points = np.stack([c[1] for c in crops[:n]]).reshape(8, -1, 68, 2)
+# demo_64's architecture: the test tiny one cannot learn a face in a few hundred steps.
+cfg = config_lib.apply_overrides(config_lib.load_config("demo_64"), [
+    "train.batch_size=4", "train.k_shots=2", "data.workers=0", f"train.steps={steps}",
+    f"train.checkpoint_every={steps}", "train.log_every=100", "train.sample_every=0"])
+train(cfg, workdir, EpisodeSource.from_arrays(video_frames, video_points))
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> pathlib.Path:
+  """A small model meta-trained on the carphone speaker's face crops (8 'videos' of his clip).
+
+  Trained in a subprocess at XLA's default optimisation level: the suite compiles at level 0,
+  whose slower programs would add a minute to these 600 steps.
+  """
   workdir = tmp_path_factory.mktemp("run")
-  # demo_64's architecture: the test tiny one cannot learn a face in a few hundred steps.
-  cfg = config_lib.apply_overrides(config_lib.load_config("demo_64"), [
-      "train.batch_size=4", "train.k_shots=2", "data.workers=0", f"train.steps={TRAIN_STEPS}",
-      f"train.checkpoint_every={TRAIN_STEPS}", "train.log_every=100", "train.sample_every=0"])
-  train(cfg, workdir, EpisodeSource.from_arrays(video_frames, video_points))
+  env = dict(os.environ, XLA_FLAGS=os.environ.get("XLA_FLAGS", "").replace(TEST_XLA_FLAGS, ""))
+  out = subprocess.run([sys.executable, "-c", _TRAIN_ON_CARPHONE, str(carphone_path()),
+                        str(workdir), str(SIZE), str(TRAIN_STEPS)],
+                       env=env, capture_output=True, text=True, timeout=1200)
+  assert out.returncode == 0, out.stderr[-3000:]
   return workdir
 
 

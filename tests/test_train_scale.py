@@ -292,8 +292,9 @@ def test_two_processes_follow_the_one_process_loss_trajectory(tmp_path):
   for step in a:
     for name in a[step]:
       # The losses agree to 1e-5 relative. The mean scores r_real and r_fake are not losses: sums
-      # of O(1) scores that pass near zero, compared in absolute terms.
-      tol = {"atol": 1e-5} if "/r_" in name else {"rtol": 1e-5}
+      # of O(1) scores that pass near zero, compared in absolute terms (differences up to 1.1e-5
+      # measured, with the suite's XLA at optimisation level 0).
+      tol = {"atol": 3e-5} if "/r_" in name else {"rtol": 1e-5}
       np.testing.assert_allclose(b[step][name], a[step][name], err_msg=f"{name}, step {step}",
                                  **tol)
   saved = json.loads((multi / "config.json").read_text())

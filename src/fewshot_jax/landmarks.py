@@ -181,7 +181,9 @@ def _compact(member: jax.Array, budget: int) -> tuple[jax.Array, jax.Array]:
   """
   b, num = member.shape
   row = jnp.where(member, jnp.cumsum(member, -1) - 1, budget)
-  out = jnp.zeros((b, budget + 1), jnp.int32).at[jnp.arange(b)[:, None], row].set(jnp.arange(num))
+  # Rows past the budget (a plan that overflows, drawn densely instead) are dropped.
+  out = jnp.zeros((b, budget + 1), jnp.int32).at[jnp.arange(b)[:, None], row].set(
+      jnp.arange(num), mode="drop")
   return out[:, :budget], row
 
 
