@@ -119,6 +119,8 @@ def run_case(config: str, batch: int, iters: int, extra: Sequence[str] = ()) -> 
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
+  from fewshot_jax.host_memory import release_freed_heap  # pylint: disable=g-import-not-at-top
+
   case = build_case(config, batch, extra)
   cfg, content, state, data, step = (case[k] for k in ("cfg", "content", "state", "data", "step"))
   b, k, s = batch, cfg.train.k_shots, cfg.model.image_size
@@ -126,6 +128,8 @@ def run_case(config: str, batch: int, iters: int, extra: Sequence[str] = ()) -> 
   lowered = step.lower(state, data, content.params)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
+  rss_compiled = _rss_bytes()
+  release_freed_heap()  # as the train loop does once its step is compiled
   compile_peak_rss = _peak_rss_bytes(reset=True)  # the run's own peak is measured from here
   rss_after_compile = _rss_bytes()
   cost = compiled.cost_analysis()
@@ -159,8 +163,9 @@ def run_case(config: str, batch: int, iters: int, extra: Sequence[str] = ()) -> 
                                          + mem.temp_size_in_bytes - mem.alias_size_in_bytes),
           # Peak resident memory while compiling (XLA's own) and while stepping (the step's).
           "compile_peak_rss_bytes": compile_peak_rss,
-          # Resident before the first step: the parameters, the batch, the runtime, and whatever
-          # heap the compiler freed but the allocator kept.
+          # Resident after compiling, then after handing the compiler's freed heap back
+          # (host_memory.release_freed_heap), before the first step.
+          "rss_compiled_bytes": rss_compiled,
           "rss_after_compile_bytes": rss_after_compile,
           "process_peak_rss_bytes": _peak_rss_bytes(),
       },

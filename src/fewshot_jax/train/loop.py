@@ -38,6 +38,7 @@ from fewshot_jax.atomic_files import filesystem_path, write_text
 from fewshot_jax.content import ContentLoss, build_content_loss
 from fewshot_jax.data import episodes
 from fewshot_jax.images import to_uint8
+from fewshot_jax.host_memory import release_freed_heap
 from fewshot_jax.progress import Progress
 from fewshot_jax.train import checkpoint as ckpt_lib
 from fewshot_jax.train import sharding as sh
@@ -299,6 +300,8 @@ def train(
       local = next(iterator)
       batch = episodes.global_batch(local, batch_sharding)
       state, metrics = step_fn(state, batch, content.params)
+      if step == start:  # compiled by now: hand the compiler's freed heap back (host_memory.py)
+        release_freed_heap()
       if pending is not None:
         report(*pending)
       done = step + 1
