@@ -24,7 +24,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 # behaviour, not speed; users and benchmarks keep XLA's default. Set before the backend starts,
 # and passed on to the subprocesses the tests start.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
-os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
+if TEST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):  # xdist workers inherit it
+  os.environ["XLA_FLAGS"] = f"{TEST_XLA_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 TINY_OVERRIDES = [
     "model.image_size=32",
