@@ -120,10 +120,9 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path | None:
     lines = out.stdout.strip().splitlines()
     print("\n".join(lines[:-1]), flush=True)
     result[flags or "(default)"] = json.loads(lines[-1])
-  from fewshot_jax.atomic_files import write_text  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.atomic_files import write_json  # pylint: disable=g-import-not-at-top
 
-  path = pathlib.Path(args.out)
-  write_text(path, json.dumps(result, indent=2) + "\n")
+  path = write_json(args.out, result)
   print(path)
   return path
 

@@ -15,7 +15,6 @@ L1: no VGG weights are on this machine), K = 1 shot.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
@@ -31,7 +30,7 @@ from flax import nnx
 
 from fewshot_jax import config as config_lib
 from fewshot_jax import landmarks as lmk
-from fewshot_jax.atomic_files import write_text
+from fewshot_jax.atomic_files import write_json
 from fewshot_jax.content import build_content_loss
 from fewshot_jax.data import synthetic
 from fewshot_jax.inference import finetune as inf
@@ -141,8 +140,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
   }
   for name in args.configs:
     result[name] = bench_config(name, args.iters, args.finetune_steps)
-  out = pathlib.Path(args.out)
-  write_text(out, json.dumps(result, indent=2) + "\n")
+  out = write_json(args.out, result)
   print(out)
   return out
 

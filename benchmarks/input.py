@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import pathlib
 import platform
@@ -32,7 +31,7 @@ import jax
 import tensorflow_datasets as tfds
 
 from fewshot_jax import config as config_lib
-from fewshot_jax.atomic_files import write_text
+from fewshot_jax.atomic_files import write_json
 from fewshot_jax.content import build_content_loss
 from fewshot_jax.data import episodes
 from fewshot_jax.prep import tfds_builder
@@ -128,8 +127,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
         entry["train_step_cpu"] = step_seconds(step_cfg, args.step_iters)
         print(f"{name} step: {entry['train_step_cpu']}", flush=True)
       result[name] = entry
-  out = pathlib.Path(args.out)
-  write_text(out, json.dumps(result, indent=2) + "\n")
+  out = write_json(args.out, result)
   print(out)
   return out
 

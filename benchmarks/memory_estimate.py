@@ -15,7 +15,6 @@ The paper's batch is 48: 3 per core on a v5litepod-16, 6 per core on a v4-8 (4 c
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -63,10 +62,9 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
       fits = "fits" if row["total_gib"] <= 16 else "does not fit"
       print(f"batch {batch} {name:10s}: {row['total_gib']:6.2f} GiB ({fits} 16 GiB), "
             f"temp {row['temp_gib']} GiB, {row['gflop_per_iter']} GFLOP/iter", flush=True)
-  from fewshot_jax.atomic_files import write_text  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.atomic_files import write_json  # pylint: disable=g-import-not-at-top
 
-  path = pathlib.Path(args.out)
-  write_text(path, json.dumps(result, indent=2) + "\n")
+  path = write_json(args.out, result)
   print(path)
   return path
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import pathlib
 import platform
@@ -28,7 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from fewshot_jax.atomic_files import write_text
+from fewshot_jax.atomic_files import write_json
 from fewshot_jax.prep import backends, crop, jpeg
 from fewshot_jax.prep.video import iter_frames, read_video
 from fewshot_jax.visualize import save_mp4
@@ -167,8 +166,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
           "wall_hours_on_cores": {str(n): round(core_hours / n, 1) for n in args.cores},
       },
   }
-  out = pathlib.Path(args.out)
-  write_text(out, json.dumps(result, indent=2) + "\n")
+  out = write_json(args.out, result)
   print(out)
   return out
 

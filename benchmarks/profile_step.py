@@ -27,7 +27,6 @@ if "--xla_cpu_enable_xprof_traceme" not in os.environ.get("XLA_FLAGS", ""):
 import argparse  # noqa: E402
 import collections  # noqa: E402
 import glob  # noqa: E402
-import json  # noqa: E402
 import pathlib  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
@@ -174,10 +173,9 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
   for o in result["top_other_ops"][:10]:
     print(f"  {o['seconds']:7.3f} s  {o['opcode']:12s} {o['network']:14s} {o['op']} {o['shape']} "
           f"{o['op_name'][-70:]}")
-  from fewshot_jax.atomic_files import write_text  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.atomic_files import write_json  # pylint: disable=g-import-not-at-top
 
-  path = pathlib.Path(args.out)
-  write_text(path, json.dumps(result, indent=2) + "\n")
+  path = write_json(args.out, result)
   print(path)
   return path
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import os
 import pathlib
 import platform
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import PIL
 
-from fewshot_jax.atomic_files import write_text
+from fewshot_jax.atomic_files import write_json
 from fewshot_jax.data import synthetic
 
 
@@ -131,10 +130,6 @@ def _jax_info() -> dict[str, Any]:
           "devices": [str(d) for d in jax.devices()]}
 
 
-def write_json_atomically(path: pathlib.Path, data: dict[str, Any]) -> None:
-  write_text(path, json.dumps(data, indent=2) + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> pathlib.Path:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="runs/bench/synthetic.json", help="output JSON")
@@ -179,8 +174,7 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path:
       "generator": generator,
       "rasterizer": raster,
   }
-  out = pathlib.Path(args.out)
-  write_json_atomically(out, result)
+  out = write_json(args.out, result)
   print(out)
   return out
 

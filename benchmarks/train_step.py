@@ -257,10 +257,9 @@ def main(argv: Sequence[str] | None = None) -> pathlib.Path | None:
           f"({case['fraction_of_peak']:.0%} of peak), compile {case['compile_s']} s, peak RSS "
           f"{case['memory']['process_peak_rss_bytes'] / 2**30:.2f} GiB "
           f"[{time.perf_counter() - t0:.0f} s]", flush=True)
-  from fewshot_jax.atomic_files import write_text  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.atomic_files import write_json  # pylint: disable=g-import-not-at-top
 
-  path = pathlib.Path(args.out)
-  write_text(path, json.dumps(result, indent=2) + "\n")
+  path = write_json(args.out, result)
   print(path)
   return path
 

@@ -8,10 +8,12 @@ target's directory and renamed over the target. The temporary file gets the perm
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 
 def filesystem_path(path: str | os.PathLike, what: str) -> pathlib.Path:
@@ -67,3 +69,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_text(path: str | os.PathLike, text: str) -> None:
   write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, data: Any) -> pathlib.Path:
+  """Writes ``data`` as indented JSON (one trailing newline) atomically; returns the path."""
+  write_text(path, json.dumps(data, indent=2) + "\n")
+  return pathlib.Path(path)

@@ -17,7 +17,6 @@ Table 1: a row per method and K) and ``metrics_vs_k.png``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fewshot_jax.atomic_files import atomic_path, write_text
+from fewshot_jax.atomic_files import atomic_path, write_json, write_text
 from fewshot_jax.evaluation import metrics as image_metrics
 from fewshot_jax.evaluation import protocol
 from fewshot_jax.progress import Progress
@@ -185,7 +184,7 @@ def evaluate(
   plot_metrics(report, out / "metrics_vs_k.png")
   write_text(out / "table.md", format_table(report))
   # Last: a sweep takes eval.json as "this run is done".
-  write_text(out / "eval.json", json.dumps(_finite_or_null(report), indent=2) + "\n")
+  write_json(out / "eval.json", _finite_or_null(report))
   return report
 
 
