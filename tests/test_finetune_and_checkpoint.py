@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import jax
@@ -15,6 +16,7 @@ from fewshot_jax.inference import finetune as inf
 from fewshot_jax.inference.run import load_run
 from fewshot_jax.inference.tensors import load_tree, save_tree
 from fewshot_jax.train.loop import train
+from fewshot_jax.train.resume import ResumeMismatch
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +79,36 @@ def test_checkpoint_reloads_the_ema_weights_and_config(trained):
   assert (workdir / "metrics.jsonl").read_text().count("\n") >= 3
 
 
+def test_resume_with_another_model_or_data_is_refused_and_the_run_is_untouched(trained):
+  """A wrong --config on resume names every field that defines the run, and writes nothing: the
+  run's config.json (which animate, export and evaluate rebuild the model from) stays its own."""
+  workdir, cfg, _, frames, points, _ = trained
+  before = {p.name: p.read_bytes() for p in workdir.glob("*.json*")}
+  steps = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  wrong = tiny_config("model.g_res_blocks=2", "train.k_shots=3", "train.steps=9")
+  with pytest.raises(ResumeMismatch) as e:
+    train(wrong, workdir, EpisodeSource.from_arrays(frames, points))
+  message = str(e.value)
+  assert "model.g_res_blocks: the run has 1, this config 2" in message
+  assert "train.k_shots: the run has 2, this config 3" in message
+  assert "train.steps" not in message  # allowed, so not named among the refusals
+  with pytest.raises(ResumeMismatch, match="training videos: the run has 8, the data now holds 6"):
+    train(tiny_config("train.steps=9"), workdir, EpisodeSource.from_arrays(frames[:6], points[:6]))
+  assert {p.name: p.read_bytes() for p in workdir.glob("*.json*")} == before
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == steps
+  assert load_run(workdir).config.model.g_res_blocks == 1
+
+
 def test_rerun_resumes_instead_of_restarting(trained):
   workdir, cfg, _, frames, points, _ = trained
   more = train(tiny_config("train.steps=4"), workdir, EpisodeSource.from_arrays(frames, points))
   assert more.steps_run == 1 and int(more.state.step) == 4
+  # The allowed changes are kept with the step they took effect at.
+  history = [json.loads(l) for l in (workdir / "config_changes.jsonl").read_text().splitlines()]
+  assert len(history) == 1 and history[0]["step"] == 3
+  assert history[0]["changes"]["train.steps"] == {"from": 3, "to": 4}
+  assert history[0]["changes"]["train.checkpoint_every"]["from"] == 2
+  assert load_run(workdir).config.train.steps == 4
 
 
 def test_finetune_fits_the_shots_and_identity_round_trips(trained, tmp_path):

@@ -41,6 +41,7 @@ from fewshot_jax.images import to_uint8
 from fewshot_jax.host_memory import release_freed_heap
 from fewshot_jax.progress import Progress
 from fewshot_jax.train import checkpoint as ckpt_lib
+from fewshot_jax.train import resume
 from fewshot_jax.train import sharding as sh
 from fewshot_jax.train import state as st
 from fewshot_jax.train import step as step_lib
@@ -253,11 +254,23 @@ def train(
   content = build_content_loss(cfg.loss)
   log.info("content loss: %s", content.description)
   saved_cfg = run_config(cfg, num_videos, content)
-  if jax.process_index() == 0:
-    write_text(workdir / "config.json", config_lib.to_json(saved_cfg))
   graphdef, _ = st.abstract_model(cfg, num_videos)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=tc.keep_checkpoints, keep_every=tc.keep_every)
+  # A resume is checked against the checkpoint's own config before anything in the run is
+  # written: a wrong --config must not make a good run unloadable (train/resume.py).
+  latest = ckpts.latest_step()
+  changes = {}
+  if latest is not None:
+    try:
+      changes = resume.check_resume(cfg, ckpts.restore_config(latest), num_videos, workdir,
+                                    latest)
+    except resume.ResumeMismatch:
+      ckpts.close()
+      raise
   state, start, shardings, data_state = _initial_state(cfg, mesh, num_videos, ckpts, init)
+  if jax.process_index() == 0:  # only now that the state has been restored (or created)
+    write_text(workdir / "config.json", config_lib.to_json(saved_cfg))
+    resume.record_changes(workdir, start, changes)
   iterator = iter(dataset)
   if data_state is not None:
     iterator.set_state(data_state)

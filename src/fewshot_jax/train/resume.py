@@ -1,0 +1,126 @@
+"""What a resumed run may change, checked against the checkpoint before anything is written.
+
+A run's checkpoint is the record of what it is: ``animate``, ``export`` and ``evaluate`` rebuild the
+model from the run's ``config.json``. So when ``train`` finds a checkpoint in its workdir, the
+requested config is compared with the checkpoint's own, field by field, before ``config.json`` is
+touched:
+
+* **Execution and schedule** fields may change (more steps, another learning rate, logging,
+  checkpoint cadence, the mesh, bf16, input workers, evaluation and fine-tuning settings). Each
+  change is appended to ``<workdir>/config_changes.jsonl`` with the step it took effect at, so the
+  run's history stays readable after its ``config.json`` shows only the latest values.
+* **Everything else** is the run's identity: the model, the losses, the data (source, dataset,
+  split, image size, number of videos, frames, seeds), K, the batch, the optimiser's betas and the
+  schedule of D updates. A change there is refused with every differing field named, and the run
+  is left exactly as it was.
+
+A whitelist, not a blacklist: a field added to the configs later is frozen until someone decides
+it is safe to change mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import ml_collections
+
+log = logging.getLogger("fewshot_jax")
+
+CHANGES_FILE = "config_changes.jsonl"
+
+# Fields a resumed run may change; a name ending in "." allows its whole section.
+MAY_CHANGE = (
+    "train.steps", "train.lr_g", "train.lr_d",
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
+    "train.sample_every", "train.eval_every",
+    "train.mesh_shape", "train.mesh_axes", "train.compute_dtype", "train.remat",
+    # Where the same shards are read from (a copy in a bucket), and how fast: the videos
+    # themselves are checked through their count and image size below.
+    "data.data_dir", "data.workers", "data.prefetch",
+    "data.eval_split", "data.num_eval_videos",
+    "eval.", "finetune.",
+)
+
+
+class ResumeMismatch(ValueError):
+  """The requested config changes a field that defines the run in ``workdir``."""
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def _may_change(field: str) -> bool:
+  return any(field == f or (f.endswith(".") and field.startswith(f)) for f in MAY_CHANGE)
+
+
+def config_changes(requested: ml_collections.ConfigDict,
+                   saved: ml_collections.ConfigDict) -> dict[str, tuple[Any, Any]]:
+  """``{field: (saved value, requested value)}`` for every field that differs (``runtime``, the
+  facts recorded at run time, excluded)."""
+  new = _flatten(requested.to_dict())
+  old = _flatten(saved.to_dict())
+  fields = sorted(k for k in set(new) | set(old) if not k.startswith("runtime."))
+  changes = {}
+  for k in fields:
+    if k not in old:  # a field this version of the code added: the run used its default
+      log.info("resume: config field %s is new since the checkpoint; using %r", k, new[k])
+      continue
+    if k not in new:
+      log.warning("resume: the checkpoint's config field %s (%r) no longer exists", k, old[k])
+      continue
+    if new[k] != old[k]:
+      changes[k] = (old[k], new[k])
+  return changes
+
+
+def check_resume(requested: ml_collections.ConfigDict, saved: ml_collections.ConfigDict,
+                 num_videos: int, workdir: str | pathlib.Path, step: int) -> dict[str, tuple]:
+  """The allowed changes of a resume, or ResumeMismatch naming every refused field.
+
+  Args:
+    requested: the config this ``train`` call was given.
+    saved: the config stored in the checkpoint at ``step``.
+    num_videos: how many training videos the requested data holds (W's rows).
+    workdir: the run, for the message.
+    step: the checkpoint's step, for the message.
+  """
+  changes = config_changes(requested, saved)
+  refused = {k: v for k, v in changes.items() if not _may_change(k)}
+  saved_videos = saved.get("runtime", {}).get("num_videos")
+  problems = [f"{k}: the run has {a!r}, this config {b!r}" for k, (a, b) in refused.items()]
+  if saved_videos is not None and int(saved_videos) != num_videos:
+    problems.append(f"training videos: the run has {saved_videos}, the data now holds "
+                    f"{num_videos}")
+  if problems:
+    raise ResumeMismatch(
+        f"{workdir} holds a run (checkpoint at step {step}) that this config does not match: "
+        + "; ".join(problems) + ". Resume with the run's own config (its config.json), or start "
+        "the changed config in a new --workdir (--init " + str(workdir) + " starts from its "
+        "weights)")
+  return changes
+
+
+def record_changes(workdir: pathlib.Path, step: int, changes: dict[str, tuple]) -> None:
+  """Appends the allowed changes of this resume to ``config_changes.jsonl``, one JSON line."""
+  from fewshot_jax.atomic_files import write_text  # pylint: disable=g-import-not-at-top
+
+  if not changes:
+    return
+  for k, (a, b) in changes.items():
+    log.info("resume at step %d: %s %r -> %r", step, k, a, b)
+  path = workdir / CHANGES_FILE
+  old = path.read_text() if path.is_file() else ""
+  line = json.dumps({"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "changes": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}})
+  write_text(path, old + line + "\n")
