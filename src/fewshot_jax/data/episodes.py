@@ -97,6 +97,10 @@ class InMemoryVideos:
   def __len__(self) -> int:
     return self.frames.shape[0]
 
+  @property
+  def num_frames(self) -> int:
+    return self.frames.shape[1]
+
   def __getitem__(self, i: int) -> dict[str, Any]:
     return {"frames": self.frames[i], "landmarks": self.landmarks[i], "video_index": i,
             "key": f"video/{i}"}
@@ -110,12 +114,18 @@ class EpisodeSource:
   num_videos: int
   image_size: int
   split: shards.Split | None = None
-  videos: InMemoryVideos | None = None
+  videos: Any = None  # random access: InMemoryVideos, or synthetic.SyntheticVideos (streamed)
 
   @classmethod
   def from_arrays(cls, frames: np.ndarray, landmarks: np.ndarray) -> "EpisodeSource":
     videos = InMemoryVideos(frames, landmarks)
     return cls("memory", len(videos), frames.shape[2], videos=videos)
+
+  @classmethod
+  def from_videos(cls, videos: Any, image_size: int) -> "EpisodeSource":
+    """Any random-access collection of videos (``len``, ``[i]``, ``num_frames``), e.g. synthetic
+    videos rendered as their episodes are drawn."""
+    return cls("memory", len(videos), image_size, videos=videos)
 
   @classmethod
   def from_shards(cls, data_dir: str, dataset: str = "", split: str = "train") -> "EpisodeSource":
@@ -150,9 +160,9 @@ def episode_dataset(
                      f"{cfg.model.image_size}")
   local = local_batch_size(cfg.train.batch_size, pc)
   k = int(cfg.train.k_shots)
-  if source.videos is not None and source.videos.frames.shape[1] < k + 1:
+  if source.videos is not None and source.videos.num_frames < k + 1:
     raise ValueError(f"train.k_shots={k} needs {k + 1} frames per video; the in-memory videos "
-                     f"have {source.videos.frames.shape[1]}")
+                     f"have {source.videos.num_frames}")
   maker = EpisodeMaker(k, int(cfg.model.image_size))
   if source.kind == "tfrecord":
     ds = _tfrecord_batches(source.split, cfg, maker, local, pi, pc)

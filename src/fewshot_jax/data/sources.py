@@ -6,12 +6,23 @@ wherever it runs.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from fewshot_jax import config_checks
 from fewshot_jax.data import episodes
+
+log = logging.getLogger("fewshot_jax")
+
+# Rendering in memory may take at most this share of the memory available: the rest is the
+# trainer's (a 256 px step of the paper's model alone holds ~6.5 GiB on CPU, docs/performance.md).
+MEMORY_SHARE = 0.25
+# Drawing one 256 px synthetic frame (SyntheticClip.frame): 1.8 ms on one core of the 2-core
+# development machine (2026-12-01), 0.7 ms at 64 px; it scales with the pixels.
+_RENDER_MS_PER_FRAME_256 = 1.8
 
 
 def train_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
@@ -29,15 +40,32 @@ def train_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
   if dc.source == "synthetic":
     from fewshot_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
+    off = synthetic.HELDOUT_SEED_OFFSET
+    need, have = config_checks.synthetic_bytes(cfg), config_checks.available_memory()
+    if need > have * MEMORY_SHARE:
+      # The paper's scale (4,096 videos x 32 frames at 256 px: 24 GiB) does not fit: each
+      # episode draws its K + 1 frames when it is sampled instead (the same frames).
+      log.warning(
+          "data.source='synthetic': %d videos x %d frames at %d px would take %.1f GiB in memory "
+          "(%.1f GiB available), so frames are rendered as episodes are drawn (about %.1f ms of "
+          "one core per frame; raise data.workers, or write shards once with `fewshot-jax "
+          "prepare shards --config synthetic` and train with data.source='shards')",
+          dc.num_train_videos, dc.frames_per_video, cfg.model.image_size, need / 2**30,
+          have / 2**30, _RENDER_MS_PER_FRAME_256 * (cfg.model.image_size / 256) ** 2)
+      videos = synthetic.SyntheticVideos(range(dc.num_train_videos), dc.frames_per_video,
+                                         cfg.model.image_size, frame_stride=dc.frame_stride)
+      source = episodes.EpisodeSource.from_videos(videos, cfg.model.image_size)
+    else:
+      source = None
+
     def render(seeds):
       data = synthetic.make_dataset(list(seeds), dc.frames_per_video, cfg.model.image_size,
                                     workers=dc.workers, progress=True,
                                     frame_stride=dc.frame_stride)
       return episodes.EpisodeSource.from_arrays(data["frames"], data["landmarks"])
 
-    off = synthetic.HELDOUT_SEED_OFFSET
     held = render(range(off, off + dc.num_eval_videos)) if dc.num_eval_videos else None
-    return render(range(dc.num_train_videos)), held
+    return source or render(range(dc.num_train_videos)), held
   raise ValueError(f"data.source={dc.source!r}: expected 'shards' or 'synthetic'")
 
 

@@ -23,6 +23,7 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -352,21 +353,74 @@ def render_video(
     ``frames`` uint8 ``[T, H, W, 3]`` and ``landmarks`` float32 ``[T, 68, 2]`` in the pixel units of
     the returned frames (pixel (i, j) has its centre at (j + 0.5, i + 0.5)).
   """
-  ident = Identity.sample(identity_seed)
-  if frame_stride < 1:
-    raise ValueError(f"frame_stride={frame_stride}: expected >= 1")
-  motion_seed = identity_seed + 7919 if motion_seed is None else motion_seed
-  motion = sample_motion(motion_seed, num_frames * frame_stride)
-  motion = Motion(**{f.name: getattr(motion, f.name)[::frame_stride]
-                     for f in dataclasses.fields(Motion)})
-  pts = _animate(ident, motion, image_size)
-  big = image_size * _SS
-  bg = _background(ident, big)
+  clip = SyntheticClip(identity_seed, num_frames, image_size, motion_seed, frame_stride)
   frames = np.empty((num_frames, image_size, image_size, 3), np.uint8)
   for t in range(num_frames):
-    img = _draw_frame(ident, pts[t] * _SS, bg, float(motion.yaw[t]))
-    frames[t] = np.asarray(img.reduce(_SS))
-  return frames, pts[:, :NUM_LANDMARKS].astype(np.float32)
+    frames[t] = clip.frame(t)
+  return frames, clip.landmarks
+
+
+class SyntheticClip:
+  """One synthetic video whose frames are drawn when asked for: ``render_video``'s frames, one at
+  a time. Landmarks and motion are cheap and computed up front; drawing a frame is the cost.
+
+  It is also a sequence of frames (``len``, ``clip[t]``), so an episode that needs K + 1 frames of
+  a video draws only those (``SyntheticVideos``).
+  """
+
+  def __init__(self, identity_seed: int, num_frames: int, image_size: int = 64,
+               motion_seed: int | None = None, frame_stride: int = 1):
+    if frame_stride < 1:
+      raise ValueError(f"frame_stride={frame_stride}: expected >= 1")
+    self.ident = Identity.sample(identity_seed)
+    motion_seed = identity_seed + 7919 if motion_seed is None else motion_seed
+    motion = sample_motion(motion_seed, num_frames * frame_stride)
+    self.motion = Motion(**{f.name: getattr(motion, f.name)[::frame_stride]
+                            for f in dataclasses.fields(Motion)})
+    self.image_size = image_size
+    self.num_frames = num_frames
+    self._pts = _animate(self.ident, self.motion, image_size)
+    self.landmarks = self._pts[:, :NUM_LANDMARKS].astype(np.float32)
+    self._bg: Image.Image | None = None
+
+  def frame(self, t: int) -> np.ndarray:
+    """Frame ``t`` as uint8 ``[H, W, 3]``."""
+    if self._bg is None:
+      self._bg = _background(self.ident, self.image_size * _SS)
+    img = _draw_frame(self.ident, self._pts[t] * _SS, self._bg, float(self.motion.yaw[t]))
+    return np.asarray(img.reduce(_SS))
+
+  def __len__(self) -> int:
+    return self.num_frames
+
+  def __getitem__(self, t: int) -> np.ndarray:
+    return self.frame(int(t))
+
+
+class SyntheticVideos:
+  """Random access over synthetic videos rendered on demand (row ``i`` is W's row ``i``): the
+  streaming form of ``make_dataset``, for sets too large to hold in memory (``data/sources.py``
+  picks it). Same frames as ``render_video`` for the same seeds."""
+
+  def __init__(self, identity_seeds: Sequence[int], frames_per_video: int, image_size: int,
+               frame_stride: int = 1):
+    self.seeds = [int(s) for s in identity_seeds]
+    self.frames_per_video = frames_per_video
+    self.image_size = image_size
+    self.frame_stride = frame_stride
+
+  @property
+  def num_frames(self) -> int:
+    return self.frames_per_video
+
+  def __len__(self) -> int:
+    return len(self.seeds)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    clip = SyntheticClip(self.seeds[i], self.frames_per_video, self.image_size,
+                         frame_stride=self.frame_stride)
+    return {"frames": clip, "landmarks": clip.landmarks, "video_index": int(i),
+            "key": f"synthetic/{self.seeds[i]}"}
 
 
 def _render_job(args: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,7 @@ import numpy as np
 from flax import nnx
 
 from fewshot_jax import config as config_lib
+from fewshot_jax import config_checks
 from fewshot_jax.atomic_files import filesystem_path, write_text
 from fewshot_jax.content import ContentLoss, build_content_loss
 from fewshot_jax.data import episodes
@@ -128,6 +129,11 @@ class _Preemption:
   def close(self) -> None:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
+
+
+def _due(step: int, every: int) -> bool:
+  """Whether an interval's event falls on ``step``; an interval of 0 is off (config_checks.py)."""
+  return every > 0 and step % every == 0
 
 
 def _check_finite(step: int, values: dict[str, Any]) -> None:
@@ -240,6 +246,7 @@ def train(
   Returns:
     The final state and what is needed to use it.
   """
+  config_checks.validate(cfg)  # before a mesh, a dataset or a program is built
   workdir = filesystem_path(workdir, "workdir")
   workdir.mkdir(parents=True, exist_ok=True)
   tc = cfg.train
@@ -302,7 +309,7 @@ def train(
     values = jax.device_get(metrics)
     _check_finite(step, values)
     rate = progress.rate
-    if step % tc.log_every == 0 or step == total or force:
+    if _due(step, tc.log_every) or step == total or force:
       metric_log.write_scalars(step, {**values, "perf/steps_per_sec": rate,
                                       "perf/images_per_sec": rate * tc.batch_size})
     progress.update(1, f"{rate * tc.batch_size:.1f} img/s G {values['g/total']:.3f} "
@@ -319,17 +326,17 @@ def train(
         report(*pending)
       done = step + 1
       pending = (done, metrics)
-      if tc.sample_every and done % tc.sample_every == 0:
+      if _due(done, tc.sample_every):
         from fewshot_jax.visualize import save_png  # pylint: disable=g-import-not-at-top
         fake = to_uint8(_fetch(sample_fn(state, batch)))
         image = _sample_grid(fake, local, cfg.model.image_size)
         if jax.process_index() == 0:
           save_png(workdir / "samples" / f"step_{done:07d}.png", image)
         metric_log.write_images(done, {"samples": image})
-      if eval_every and done % eval_every == 0:
+      if _due(done, eval_every):
         metric_log.write_scalars(done, _evaluate(sample_fn, state, eval_set))
       preempted = preemption.reached(done)
-      if preempted or (done % tc.checkpoint_every == 0 and done < total):
+      if preempted or (_due(done, tc.checkpoint_every) and done < total):
         report(*pending)  # a checkpoint is written only after its losses were checked
         pending = None
         _check_state_finite(done, state)  # ... and its parameters
