@@ -16,7 +16,10 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from fewshot_jax import cli_inference
+from fewshot_jax import cli_inference, output_paths
+
+# What only a run writes into its workdir: such a folder is resumed; any other non-empty one refused.
+RUN_MARKERS = ("checkpoints", "config.json")
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
 
@@ -38,13 +41,19 @@ def _setup(verbose: bool) -> None:
 def _config(args: argparse.Namespace, overrides: Sequence[str]):
   from fewshot_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
-  return config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+  from fewshot_jax import config_checks  # pylint: disable=g-import-not-at-top
+
+  cfg = config_lib.apply_overrides(config_lib.load_config(args.config), overrides)
+  config_checks.validate(cfg)  # before data is rendered or read, and before anything compiles
+  return cfg
 
 
 def cmd_demo(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax import demo  # pylint: disable=g-import-not-at-top
 
-  out = demo.run_demo(_config(args, overrides), args.workdir)
+  cfg = _config(args, overrides)
+  output_paths.check_output_dir(args.workdir, "--workdir", demo.MARKERS, "a demo's output")
+  out = demo.run_demo(cfg, args.workdir)
   failed = [k for k, ok in out["checks"].items() if not ok]
   print(f"wrote {args.workdir}/metrics.json, samples.png, reenactment.mp4, reenactment.gif")
   if failed and args.strict:
@@ -90,6 +99,9 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.data.sources import train_sources  # pylint: disable=g-import-not-at-top
 
   cfg = _config(args, overrides)
+  output_paths.check_output_dir(args.workdir, "--workdir", RUN_MARKERS, "a training run")
+  if args.init and not (pathlib.Path(args.init) / "checkpoints").is_dir():
+    raise FileNotFoundError(f"--init {args.init}: not a run (no checkpoints folder in it)")
   source, held = train_sources(cfg)
   result = train(cfg, args.workdir, source, init=args.init, eval_source=held)
   what = "preempted at" if result.preempted else "trained to"
@@ -99,6 +111,18 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 def cmd_convert_weights(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   del overrides
+  output_paths.check_input_file(args.src, "--src", (".pth", ".pt", ".bin"))
+  dst = output_paths.check_output_file(args.dst, "--dst", (".safetensors",))
+  if dst.exists():
+    from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+    try:
+      with safe_open(str(dst), "np") as f:
+        ours = "kind" in (f.metadata() or {})
+    except Exception:  # pylint: disable=broad-except  (not a safetensors file at all)
+      ours = False
+    if not ours:
+      raise ValueError(f"--dst {dst}: exists and was not written by convert-weights; choose "
+                       "another name")
   if args.kind == "inception":
     from fewshot_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
     fid.convert_checkpoint(args.src, args.dst)
@@ -113,6 +137,18 @@ def cmd_prepare_landmarks(args: argparse.Namespace, overrides: Sequence[str]) ->
   del overrides
   from fewshot_jax.prep import landmark_cache, layouts  # pylint: disable=g-import-not-at-top
 
+  if not pathlib.Path(args.input).is_dir():
+    raise FileNotFoundError(f"--input {args.input}: no such folder (expected the videos' root)")
+  for flag, value, low in (("--frames-per-video", args.frames_per_video, 2),
+                           ("--image-size", args.image_size, 16), ("--workers", args.workers, 1),
+                           ("--jpeg-quality", args.jpeg_quality, 1)):
+    if value < low:
+      raise ValueError(f"{flag} {value}: expected at least {low}")
+  if not args.enlarge > 1.0:
+    raise ValueError(f"--enlarge {args.enlarge}: expected > 1 (crop side / landmark box side)")
+  cache = pathlib.Path(args.cache)
+  if not (cache.is_dir() and next(cache.rglob("*.npz"), None)):  # a cache resumes; else refuse
+    output_paths.check_output_dir(cache, "--cache", (landmark_cache.REJECTED,), "a landmark cache")
   entries = layouts.list_videos(args.input, args.layout)
   if args.backend == "dlib":
     backend_options = (("upsample", args.upsample),)
@@ -136,8 +172,11 @@ def cmd_prepare_shards(args: argparse.Namespace, overrides: Sequence[str]) -> in
   from fewshot_jax.prep import tfds_builder  # pylint: disable=g-import-not-at-top
 
   if not args.config.startswith("synthetic") and not args.manual_dir:
-    raise SystemExit(f"prepare shards --config {args.config} reads a landmark cache: pass "
+    raise ValueError(f"prepare shards --config {args.config} reads a landmark cache: pass "
                      "--manual-dir CACHE (written by `fewshot-jax prepare landmarks`)")
+  if args.manual_dir and not pathlib.Path(args.manual_dir).is_dir():
+    raise FileNotFoundError(f"--manual-dir {args.manual_dir}: no such folder (expected a landmark "
+                            "cache from `fewshot-jax prepare landmarks`)")
   builder = tfds_builder.TalkingHeads(
       config=args.config, data_dir=args.data_dir, file_format=args.file_format)
   builder.download_and_prepare(
@@ -151,6 +190,8 @@ def cmd_data_verify(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   del overrides
   from fewshot_jax.prep import verify  # pylint: disable=g-import-not-at-top
 
+  if not pathlib.Path(args.data_dir).is_dir():
+    raise FileNotFoundError(f"--data-dir {args.data_dir}: no such folder")
   report = verify.verify(args.data_dir)
   print(json.dumps(report, indent=2))
   for p in report["problems"]:
@@ -161,6 +202,11 @@ def cmd_data_verify(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 def cmd_evaluate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.evaluation import report  # pylint: disable=g-import-not-at-top
 
+  output_paths.check_output_dir(args.out, "--out", ("eval.json", "table.md"), "an evaluation")
+  if args.max_videos is not None and args.max_videos < 1:
+    raise ValueError(f"--max-videos {args.max_videos}: expected at least 1")
+  if args.fid_weights:
+    output_paths.check_input_file(args.fid_weights, "--fid-weights", (".safetensors",))
   result = report.evaluate_command(
       args.checkpoint, args.data_dir, args.dataset, args.split, report.parse_list(args.shots),
       report.parse_list(args.methods, str), args.out, args.face_metrics, args.landmarks,
@@ -174,6 +220,8 @@ def cmd_sweep(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax import sweep  # pylint: disable=g-import-not-at-top
 
   runs = sweep.load_sweep(args.sweep)
+  if args.fid_weights:
+    output_paths.check_input_file(args.fid_weights, "--fid-weights", (".safetensors",))
   if args.runner == "tpu":
     tpu = {"name": args.tpu_name, "zone": args.zone, "project": args.project}
     sweep.run_tpu(runs, args.workdir, tpu, overrides, dry_run=args.dry_run)
@@ -206,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True)
   p.add_argument("--init", help="another run's workdir to start from (when WORKDIR has none)")
   _add_distributed_args(p)
-  p.set_defaults(func=cmd_train, user_errors=True)
+  p.set_defaults(func=cmd_train)
 
   cli_inference.add_parsers(sub)
 
@@ -223,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="CSIM, NME and AKD (needs dlib)")
   p.add_argument("--landmarks", choices=("dlib", "fan"), default="dlib")
   p.add_argument("--fid-weights", help="FID Inception weights (convert-weights --kind inception)")
-  p.set_defaults(func=cmd_evaluate, user_errors=True)
+  p.set_defaults(func=cmd_evaluate)
 
   p = sub.add_parser("sweep", help="train and evaluate every run of experiments/sweeps/SWEEP.py")
   p.add_argument("sweep", help="a sweep name in experiments/sweeps (or a path), with :arg")
@@ -237,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--zone")
   p.add_argument("--project")
   _add_distributed_args(p)
-  p.set_defaults(func=cmd_sweep, user_errors=True)
+  p.set_defaults(func=cmd_sweep)
 
   p = sub.add_parser("convert-weights",
                      help="convert PyTorch VGG or FID Inception weights to safetensors")
@@ -282,24 +330,36 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+  """The exceptions that mean a user's mistake (a wrong path, file, field or frame): each carries a
+  message that names the input and what was expected, and becomes one line and exit status 2."""
+  from fewshot_jax.inference.faces import NoFaceError  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.run import IncompatibleCheckpoint  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.prep.video import VideoError  # pylint: disable=g-import-not-at-top
+  return (NoFaceError, VideoError, IncompatibleCheckpoint, FileNotFoundError, NotADirectoryError,
+          IsADirectoryError, FileExistsError, PermissionError, ValueError, KeyError)
+
+
+def _one_line(e: BaseException) -> str:
+  text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+  if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+    text = f"{e.filename}: {text}"
+  return " ".join(text.split()) or type(e).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   overrides = [a for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.")]
   args = build_parser().parse_args(rest)
   _setup(args.verbose)
-  if not getattr(args, "user_errors", False):
-    return args.func(args, overrides)
-  from fewshot_jax.inference.faces import NoFaceError  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.inference.run import IncompatibleCheckpoint  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.prep.video import VideoError  # pylint: disable=g-import-not-at-top
   try:
     return args.func(args, overrides)
-  except (NoFaceError, VideoError, IncompatibleCheckpoint, FileNotFoundError, ValueError) as e:
+  except _user_errors() as e:
     if args.verbose:  # the traceback, for a bug report
       raise
-    print(f"fewshot-jax {args.command}: error: {e}\n(fewshot-jax -v {args.command} ... shows the "
-          "traceback)", file=sys.stderr)
+    print(f"fewshot-jax {args.command}: error: {_one_line(e)}\n(fewshot-jax -v {args.command} ... "
+          "shows the traceback)", file=sys.stderr)
     return 2
 
 

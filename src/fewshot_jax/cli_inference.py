@@ -14,6 +14,8 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+from fewshot_jax.output_paths import check_input_file, check_output_dir, check_output_file
+
 
 def _backend(args: argparse.Namespace):
   from fewshot_jax.prep.backends import make_backend  # pylint: disable=g-import-not-at-top
@@ -38,10 +40,12 @@ def _shots(args: argparse.Namespace, image_size: int, backend_factory):
     return (np.stack([s.frame for s in shots]), np.stack([s.landmarks for s in shots]),
             [s.path for s in shots])
   if getattr(args, "shots", None):
-    path = pathlib.Path(args.shots)
-    if not path.is_file():
-      raise FileNotFoundError(f"--shots {path}: no such file")
-    with np.load(path, allow_pickle=False) as z:
+    path = check_input_file(args.shots, "--shots", (".npz",))
+    try:
+      z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"--shots {path}: not a readable .npz ({e})") from e
+    with z:
       if "frames" not in z or "landmarks" not in z:
         raise ValueError(f"--shots {path}: expected arrays 'frames' [K,H,W,3] and "
                          f"'landmarks' [K,68,2], found {sorted(z.keys())}")
@@ -52,11 +56,51 @@ def _shots(args: argparse.Namespace, image_size: int, backend_factory):
     if points.shape != (frames.shape[0], 68, 2):
       raise ValueError(f"--shots {path}: landmarks have shape {points.shape}, expected "
                        f"[{frames.shape[0]},68,2]")
+    if frames.dtype != np.uint8:
+      raise ValueError(f"--shots {path}: frames are {frames.dtype}, expected uint8 (0-255)")
+    check_crop_landmarks(points, image_size, f"--shots {path}", "shot")
     return frames, points, [str(path)]
   from fewshot_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
   frames, points = synthetic.render_video(args.synthetic, max(2 * args.k, 2), image_size)
   return frames[: args.k], points[: args.k], [f"synthetic:{args.synthetic}"]
+
+
+IDENTITY_MARKERS = ("identity.json", "identity.safetensors")  # what save_identity writes
+
+
+def check_crop_landmarks(points: Any, image_size: int, where: str, unit: str) -> None:
+  """Refuses landmarks that cannot be in crop pixels (e.g. a video's pixels): drawn, they would
+  fall outside the image. A quarter of the crop beyond each edge is allowed (a turned head's jaw)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  lo, hi = -0.25 * image_size, 1.25 * image_size
+  bad = ~np.all(np.isfinite(points) & (points >= lo) & (points <= hi), axis=(1, 2))
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(
+        f"{where}: {unit} {i} has landmarks in [{np.nanmin(points[i]):.0f}, "
+        f"{np.nanmax(points[i]):.0f}], expected crop pixels within [0, {image_size}] (the run's "
+        "model.image_size); landmarks in a video's pixels must be cropped first")
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+  """Inputs and numeric options a user can get wrong, refused before a checkpoint is loaded."""
+  if getattr(args, "shots", None):
+    check_input_file(args.shots, "--shots", (".npz",))
+  for source in getattr(args, "source", None) or ():
+    check_input_file(source, "--source")
+  for flag in ("k", "batch_size"):
+    value = getattr(args, flag, None)
+    if value is not None and value < 1:
+      raise ValueError(f"--{flag.replace('_', '-')} {value}: expected at least 1")
+  for flag in ("steps", "finetune_steps", "smooth"):
+    value = getattr(args, flag, None)
+    if value is not None and value < 0:
+      raise ValueError(f"--{flag.replace('_', '-')} {value}: expected at least 0")
+  fps = getattr(args, "fps", None)
+  if fps is not None and not fps > 0:
+    raise ValueError(f"--fps {fps}: expected a frame rate > 0")
 
 
 def _fit(args: argparse.Namespace, run, steps: int, backend=None):
@@ -73,6 +117,8 @@ def cmd_finetune(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.inference.identity import save_identity  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
 
+  check_output_dir(args.out, "--out", IDENTITY_MARKERS, "an identity")
+  _check_counts(args)
   run = load_run(args.checkpoint, overrides=overrides)
   steps = run.config.finetune.steps if args.steps is None else args.steps
   identity = _fit(args, run, steps)
@@ -89,6 +135,14 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.inference.identity import load_identity, save_identity  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
 
+  check_output_file(args.out, "--out", (".mp4",))
+  check_input_file(args.driver, "--driver")
+  if args.save_identity:
+    check_output_dir(args.save_identity, "--save-identity", IDENTITY_MARKERS, "an identity")
+  if args.identity and not pathlib.Path(args.identity).is_dir():
+    raise FileNotFoundError(f"--identity {args.identity}: no such folder (expected one written "
+                            "by `fewshot-jax finetune`)")
+  _check_counts(args)
   run = load_run(args.checkpoint, overrides=overrides)
   size = run.config.model.image_size
   backend = None
@@ -147,7 +201,7 @@ def add_parsers(sub: Any) -> None:
                  help="fine-tuning steps (default: the run's finetune.steps; 0: feed-forward)")
   p.add_argument("--out", required=True, help="identity directory (identity.safetensors/.json)")
   _landmark_options(p)
-  p.set_defaults(func=cmd_finetune, user_errors=True)
+  p.set_defaults(func=cmd_finetune)
 
   p = sub.add_parser("animate", help="make a video of a face driven by a video's landmarks")
   p.add_argument("--checkpoint", "--run", dest="checkpoint", required=True,
@@ -171,7 +225,7 @@ def add_parsers(sub: Any) -> None:
   p.add_argument("--fps", type=float, default=25.0, help="frame rate of a .npy driver")
   p.add_argument("--batch-size", type=int, default=8, help="frames generated per call")
   _landmark_options(p)
-  p.set_defaults(func=cmd_animate, user_errors=True)
+  p.set_defaults(func=cmd_animate)
 
   p = sub.add_parser("export", help="write weights + jax.export programs that run without us")
   p.add_argument("--checkpoint", "--run", dest="checkpoint", required=True)
@@ -179,4 +233,4 @@ def add_parsers(sub: Any) -> None:
   p.add_argument("--out", required=True, help="export directory")
   p.add_argument("--platforms", default="cpu,cuda,tpu",
                  help="comma-separated jax.export platforms")
-  p.set_defaults(func=cmd_export, user_errors=True)
+  p.set_defaults(func=cmd_export)

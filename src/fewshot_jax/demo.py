@@ -32,6 +32,8 @@ from fewshot_jax.visualize import grid, save_gif, save_mp4, save_png
 log = logging.getLogger("fewshot_jax")
 
 DRIVER_MOTION_SEED = 7_777_777
+# What only a demo writes into its workdir: a re-run may update such a folder, no other (cli.py).
+MARKERS = ("run", "data", "metrics.json")
 VIDEO_FPS = 15
 
 
