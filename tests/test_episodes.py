@@ -159,3 +159,15 @@ def test_dataset_lookup_errors_say_what_was_found(dataset, tmp_path):
   cfg.model.image_size = 64
   with pytest.raises(ValueError, match="frames are 32 px, model.image_size is 64"):
     episodes.episode_dataset(episodes.EpisodeSource.from_shards(str(dataset)), cfg)
+
+
+def test_a_k_the_prepared_videos_cannot_serve_is_refused_before_training(dataset):
+  """8-frame videos serve K <= 7; K = 8 would skip every video and never yield a batch."""
+  from fewshot_jax.data.sources import train_sources  # pylint: disable=g-import-not-at-top
+
+  source, _ = train_sources(_cfg("data.source='shards'", f"data.data_dir='{dataset}'",
+                                 "train.k_shots=7"))
+  assert source.num_videos == VIDEOS
+  with pytest.raises(ValueError, match=r"train.k_shots=8 needs 9 frames per video; .* split "
+                                       r"'train' holds 8 \(its first video"):
+    train_sources(_cfg("data.source='shards'", f"data.data_dir='{dataset}'", "train.k_shots=8"))

@@ -32,6 +32,7 @@ def train_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
     if not dc.data_dir:
       raise ValueError("data.source='shards' needs --config.data.data_dir=DIR (a TFDS data dir)")
     source = episodes.EpisodeSource.from_shards(dc.data_dir, dc.dataset, dc.train_split)
+    _check_frames_for_k(source, int(cfg.train.k_shots))
     try:
       held = episodes.EpisodeSource.from_shards(dc.data_dir, dc.dataset, dc.eval_split)
     except KeyError:
@@ -67,6 +68,23 @@ def train_sources(cfg: ml_collections.ConfigDict) -> tuple[Any, Any]:
     held = render(range(off, off + dc.num_eval_videos)) if dc.num_eval_videos else None
     return source or render(range(dc.num_train_videos)), held
   raise ValueError(f"data.source={dc.source!r}: expected 'shards' or 'synthetic'")
+
+
+def _check_frames_for_k(source: episodes.EpisodeSource, k: int) -> None:
+  """Refuses a K the prepared videos cannot serve, from the first video of the split (data prep
+  keeps the same number of frames per video, ``--frames-per-video``): otherwise every episode is
+  skipped as too short and the run never gets a batch."""
+  from fewshot_jax.data import shards  # pylint: disable=g-import-not-at-top
+
+  first = next(iter(shards.iter_records(source.split)), None)
+  if first is None:
+    raise ValueError(f"{source.split.directory}: split {source.split.split!r} holds no videos")
+  video = source.split.parser()(first)
+  if len(video["frames"]) < k + 1:
+    raise ValueError(
+        f"train.k_shots={k} needs {k + 1} frames per video; {source.split.directory} split "
+        f"{source.split.split!r} holds {len(video['frames'])} (its first video, {video['key']}); "
+        "lower train.k_shots or prepare the data with more --frames-per-video")
 
 
 def heldout_arrays(held: episodes.EpisodeSource) -> tuple[np.ndarray, np.ndarray]:
