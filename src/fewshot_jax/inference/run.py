@@ -112,6 +112,9 @@ def load_run(
   if not cfg_path.is_file():
     raise FileNotFoundError(f"{workdir} is not a run directory: no config.json")
   cfg = config_lib.apply_overrides(config_lib.from_json(cfg_path.read_text()), list(overrides))
+  if overrides:  # a fine-tuning override is checked like a training one (config_checks.py)
+    from fewshot_jax import config_checks  # pylint: disable=g-import-not-at-top
+    config_checks.validate(cfg, check_files=False)
   steps = checkpoint_steps(workdir)
   if not steps:
     raise FileNotFoundError(f"{workdir}: no finished checkpoint in {workdir / 'checkpoints'}")
