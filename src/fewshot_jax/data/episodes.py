@@ -3,8 +3,9 @@
 One pipeline serves every source. A source yields videos (``frames``: JPEG bytes or uint8
 arrays, ``landmarks [T, 68, 2]``, ``video_index``, ``key``):
 
-* **TFRecord shards** (data prep's default): ``TFRecordIterDataset`` per shard, interleaved over
-  ``cycle_length`` shards, then a window shuffle. Shard order is reshuffled every epoch.
+* **TFRecord shards** (data prep's default): a checked reader per shard (framing and CRC32C,
+  ``fewshot_jax.data.tfrecords``), interleaved over ``cycle_length`` shards, then a window
+  shuffle. Shard order is reshuffled every epoch.
 * **ArrayRecord shards**: random access (``tfds`` data source), so a global shuffle per epoch.
 * **Videos in memory** (tests, the synthetic quick path): random access, a global shuffle.
 
@@ -13,7 +14,9 @@ part of the global batch; ``global_batch`` turns it into sharded global arrays. 
 uses grain's per-element RNG (seeded by ``data.seed``), so the stream is a pure function of the
 seed and the position, and the iterator's state, saved with each checkpoint, resumes it exactly.
 
-A video that cannot be decoded is logged by key and skipped; the run goes on.
+A video that cannot be decoded is logged by key and skipped; a damaged record (bad checksum or
+framing, or one that does not parse) is logged by shard file and offset and skipped; the run goes
+on, within the skip budget.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from grain import experimental as gx
 import ml_collections
 import numpy as np
 
-from fewshot_jax.data import shards
+from fewshot_jax.data import shards, tfrecords
 from fewshot_jax.prep import jpeg
 
 log = logging.getLogger("fewshot_jax")
@@ -56,7 +59,9 @@ class EpisodeMaker:
   k_shots: int
   image_size: int
 
-  def __call__(self, video: Mapping[str, Any], rng: np.random.Generator) -> Batch | None:
+  def __call__(self, video: Mapping[str, Any] | None, rng: np.random.Generator) -> Batch | None:
+    if video is None:  # a damaged record, already logged by shards.CheckedParser
+      return None
     key = video.get("key", "?")
     frames, points = video["frames"], video["landmarks"]
     t = len(frames)
@@ -195,12 +200,13 @@ def _tfrecord_batches(split: shards.Split, cfg: ml_collections.ConfigDict, maker
                      f"{len(mine)}, fewer than data.workers={workers}; rebuild with more shards "
                      "or use fewer workers")
   per_epoch = grain.MapDataset.source(mine).shuffle(seed=seed).repeat(None)
-  ds = gx.InterleaveIterDataset(per_epoch.map(gx.TFRecordIterDataset),
+  ds = gx.InterleaveIterDataset(per_epoch.map(tfrecords.CheckedTFRecordIterDataset),
                                 cycle_length=min(int(dc.cycle_length), len(mine)))
   ds = gx.WindowShuffleIterDataset(ds, window_size=int(dc.shuffle_window), seed=seed)
-  ds = ds.map(split.parser()).random_map(maker, seed=seed + 1).filter(lambda e: e is not None)
-  # Skipping a bad video is fine; a dataset of mostly bad videos is a broken run: grain raises
-  # once more than half of a window of 1000 videos was skipped (each one logged by key).
+  ds = ds.map(shards.CheckedParser(split.parser())).random_map(maker, seed=seed + 1)
+  ds = ds.filter(lambda e: e is not None)
+  # Skipping a bad video or a damaged record is fine; a dataset of mostly bad ones is a broken
+  # run: grain raises once more than half of a window of 1000 was skipped (each one logged).
   ds = gx.WithOptionsIterDataset(ds, gx.DatasetOptions(filter_raise_threshold_ratio=0.5))
   return ds.batch(local, drop_remainder=True)
 
@@ -225,7 +231,17 @@ class _ArrayRecords:
   def __len__(self) -> int:
     return self.split.num_examples
 
-  def __getitem__(self, index: int) -> bytes:
+  def __getitem__(self, index: int) -> tfrecords.Record:
+    """Record ``index`` of the split, or a payload-less ``Record`` naming its shard file and
+    record index when ArrayRecord cannot read it (its chunk checksums failed, or it is cut)."""
+    path, within = self.split.locate(index)
+    try:
+      payload = self._read(index)
+    except Exception as e:  # pylint: disable=broad-except  (riegeli raises several kinds)
+      return tfrecords.Record(path, within, None, f"unreadable: {e}", unit="record")
+    return tfrecords.Record(path, within, payload, unit="record")
+
+  def _read(self, index: int) -> bytes:
     reader = self._reader
     if reader is None:
       # grain calls this from a pool of threads. Without the lock, several of them imported
@@ -280,7 +296,8 @@ def _random_access_batches(source: EpisodeSource, cfg: ml_collections.ConfigDict
   """ArrayRecord shards or in-memory videos: a global shuffle, batches independent of how many
   processes or workers build them (the multi-host test relies on it)."""
   if source.kind == "array_record":
-    records = grain.MapDataset.source(_ArrayRecords(source.split)).map(source.split.parser())
+    records = grain.MapDataset.source(_ArrayRecords(source.split)).map(
+        shards.CheckedParser(source.split.parser()))
   elif source.kind == "memory":
     records = grain.MapDataset.source(source.videos)
   else:

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import re
 from typing import Any
 
 import numpy as np
+
+from fewshot_jax.data import tfrecords
+
+log = logging.getLogger("fewshot_jax")
 
 _SHARD = re.compile(r"^(?P<name>.+)-(?P<split>[\w]+)\.(?P<format>tfrecord|array_record)-"
                     r"(?P<index>\d{5})-of-(?P<count>\d{5})$")
@@ -32,9 +37,18 @@ class Split:
   files: tuple[str, ...]
   num_examples: int
   image_size: int
+  shard_lengths: tuple[int, ...] = ()  # examples per file, in ``files`` order
 
   def parser(self) -> "RecordParser":
     return RecordParser(self.directory)
+
+  def locate(self, index: int) -> tuple[str, int]:
+    """The shard file holding example ``index`` of the split, and its record index there."""
+    for path, n in zip(self.files, self.shard_lengths):
+      if index < n:
+        return path, index
+      index -= n
+    raise IndexError(f"{self.directory}: split {self.split!r} has {self.num_examples} examples")
 
 
 def find_dataset_dir(data_dir: str | os.PathLike, dataset: str = "") -> pathlib.Path:
@@ -91,9 +105,9 @@ def open_split(directory: str | os.PathLike, split: str) -> Split:
         f"({', '.join(sorted(formats)) or 'none'}); was the build interrupted?")
   features = json.loads((directory / "features.json").read_text())
   image_size = _image_size(features)
+  lengths = tuple(int(n) for n in splits[split]["shardLengths"])
   return Split(directory=directory, split=split, file_format=formats.pop(), files=tuple(files),
-               num_examples=sum(int(n) for n in splits[split]["shardLengths"]),
-               image_size=image_size)
+               num_examples=sum(lengths), image_size=image_size, shard_lengths=lengths)
 
 
 def _image_size(features: dict[str, Any]) -> int:
@@ -139,8 +153,40 @@ class RecordParser:
     }
 
 
+class CheckedParser:
+  """``tfrecords.Record`` -> a parsed video, or None for a damaged record (logged by shard file
+  and offset), so the episode pipeline skips it under its skip budget instead of stopping.
+
+  A record whose checksum passed but which does not parse, or whose landmarks are not finite, is
+  skipped the same way: it was written wrong, and a re-read would fail the same way every time.
+  """
+
+  def __init__(self, parser: RecordParser):
+    self.parser = parser
+
+  def __call__(self, record: tfrecords.Record) -> dict[str, Any] | None:
+    if record.payload is None:
+      log.warning("skipping damaged record %s at %s: %s", record.path, record.where, record.error)
+      return None
+    try:
+      video = self.parser(record.payload)
+    except Exception as e:  # pylint: disable=broad-except  (protobuf and numpy raise many types)
+      log.warning("skipping record %s at %s: it does not parse as an example: %s", record.path,
+                  record.where, e)
+      return None
+    if not np.isfinite(video["landmarks"]).all():
+      log.warning("skipping record %s at %s (video %s): its landmarks are not all finite",
+                  record.path, record.where, video["key"])
+      return None
+    return video
+
+
 def iter_records(split: Split):
-  """Every serialized example of ``split``, shard by shard, in storage order (no TensorFlow)."""
+  """Every serialized example of ``split``, shard by shard, in storage order (no TensorFlow).
+
+  Raises:
+    ValueError: a TFRecord is damaged (named by shard file and byte offset).
+  """
   if split.file_format == "array_record":
     from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
     for path in split.files:
@@ -151,9 +197,12 @@ def iter_records(split: Split):
       finally:
         reader.close()
   else:
-    from grain import experimental as gx  # pylint: disable=g-import-not-at-top
     for path in split.files:
-      yield from gx.TFRecordIterDataset(str(path))
+      for record in tfrecords.iter_file(path):
+        if record.payload is None:
+          raise ValueError(f"{record.path} at {record.where}: {record.error}; "
+                           "`fewshot-jax data verify` lists every damaged record")
+        yield record.payload
 
 
 def read_videos(

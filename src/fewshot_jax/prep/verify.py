@@ -13,19 +13,12 @@ import dataclasses
 import json
 import os
 import pathlib
-import struct
 from collections.abc import Iterator
 from typing import Any
 
-import google_crc32c
+from fewshot_jax.data import tfrecords
 
-_MASK_DELTA = 0xA282EAD8
-
-
-def masked_crc32c(data: bytes) -> int:
-  """TFRecord's checksum: CRC32C, rotated right by 15 bits, plus a constant (mod 2**32)."""
-  crc = google_crc32c.value(data)
-  return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
+masked_crc32c = tfrecords.masked_crc32c  # the checksum lives with the reader training uses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,29 +37,16 @@ class FramingError(Exception):
 def iter_tfrecord(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
   """Yields ``(byte offset, payload)`` for each record, checking lengths and both checksums.
 
+  The same checked reader as training's (``fewshot_jax.data.tfrecords``), but strict: verify
+  reports a shard's first damaged record and stops there.
+
   Raises:
     FramingError: at the offset of the first record whose framing is wrong or truncated.
   """
-  with open(path, "rb") as f:
-    offset = 0
-    while True:
-      header = f.read(12)
-      if not header:
-        return
-      if len(header) < 12:
-        raise FramingError(offset, f"truncated record header ({len(header)} of 12 bytes)")
-      length_bytes, length_crc = header[:8], struct.unpack("<I", header[8:])[0]
-      if masked_crc32c(length_bytes) != length_crc:
-        raise FramingError(offset, "length checksum mismatch")
-      (length,) = struct.unpack("<Q", length_bytes)
-      payload = f.read(length)
-      footer = f.read(4)
-      if len(payload) < length or len(footer) < 4:
-        raise FramingError(offset, f"truncated record (expected {length} bytes of data)")
-      if masked_crc32c(payload) != struct.unpack("<I", footer)[0]:
-        raise FramingError(offset, "data checksum mismatch")
-      yield offset, payload
-      offset += 16 + length
+  for record in tfrecords.iter_file(path):
+    if record.payload is None:
+      raise FramingError(record.offset, record.error)
+    yield record.offset, record.payload
 
 
 def _iter_array_record(path: pathlib.Path) -> Iterator[tuple[int, bytes]]:
