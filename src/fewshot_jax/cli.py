@@ -160,7 +160,8 @@ def cmd_prepare_landmarks(args: argparse.Namespace, overrides: Sequence[str]) ->
       frames_per_video=args.frames_per_video, image_size=args.image_size, enlarge=args.enlarge,
       jpeg_quality=args.jpeg_quality, min_face_size=args.min_face_size, backend=args.backend,
       backend_options=backend_options)
-  summary = landmark_cache.build_cache(entries, args.cache, opts, workers=args.workers)
+  summary = landmark_cache.build_cache(entries, args.cache, opts, workers=args.workers,
+                                       retry_rejected=args.retry_rejected, rebuild=args.rebuild)
   print(json.dumps(summary))
   return 0
 
@@ -177,8 +178,12 @@ def cmd_prepare_shards(args: argparse.Namespace, overrides: Sequence[str]) -> in
   if args.manual_dir and not pathlib.Path(args.manual_dir).is_dir():
     raise FileNotFoundError(f"--manual-dir {args.manual_dir}: no such folder (expected a landmark "
                             "cache from `fewshot-jax prepare landmarks`)")
+  config = args.config
+  if not config.startswith("synthetic"):
+    # The crop size is the cache's, not a default the user would have to repeat.
+    config = tfds_builder.config_for_cache(config, args.manual_dir)
   builder = tfds_builder.TalkingHeads(
-      config=args.config, data_dir=args.data_dir, file_format=args.file_format)
+      config=config, data_dir=args.data_dir, file_format=args.file_format)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=args.manual_dir))
   splits = {name: info.num_examples for name, info in builder.info.splits.items()}
@@ -313,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument("--enlarge", type=float, default=1.8, help="crop side / landmark box side")
   q.add_argument("--jpeg-quality", type=int, default=95)
   q.add_argument("--min-face-size", type=float, default=40.0, help="pixels in the source video")
+  q.add_argument("--retry-rejected", action="store_true",
+                 help="retry every recorded rejection (transient ones are always retried)")
+  q.add_argument("--rebuild", action="store_true",
+                 help="rebuild entries made with other options (otherwise the run refuses)")
   q.set_defaults(func=cmd_prepare_landmarks)
   q = stage.add_parser("shards", help="a landmark cache (or the synthetic generator) -> TFDS shards")
   q.add_argument("--config", default="video_folder",

@@ -5,11 +5,17 @@ run once and resumed: each video becomes one ``<cache>/<key>.npz`` written atomi
 skips every video that already has an entry (or a recorded rejection), and bad videos are recorded
 in ``rejected.jsonl`` with the reason instead of stopping the run.
 
+A re-run honours changed options: each entry and each rejection records the options that made it
+(``options_record``). An entry built with other options is refused by name (or rebuilt with
+``rebuild=True``); a rejection made under other options, or for a transient cause (an unexpected
+error, out of memory), is retried; ``retry_rejected=True`` retries every rejection. Two videos
+with one key (``clip.mp4`` and ``clip.mov``) are refused before anything is written.
+
 An entry holds (numpy arrays only; loaded with ``allow_pickle=False``):
   * ``jpeg`` uint8 ``[N]`` and ``offsets`` int64 ``[T + 1]``: T JPEG crops, back to back;
   * ``landmarks`` float32 ``[T, 68, 2]`` in crop pixels;
   * ``meta``: a JSON string: key, identity, clips, per-frame (clip, frame index), fps, detector name
-    and version, crop settings.
+    and version, crop settings, and ``options``: the ``options_record`` that built it.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ from fewshot_jax.prep.video import VideoError, count_frames, iter_frames
 from fewshot_jax.progress import Progress
 
 REJECTED = "rejected.jsonl"
+# Rejections whose cause may be gone on the next run; they are retried without being asked.
+TRANSIENT_KINDS = frozenset({"unexpected error", "out of memory"})
+# Backend options that change how fast, not what: not part of an entry's identity.
+_SPEED_ONLY_OPTIONS = frozenset({"threads", "device"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +78,31 @@ class Rejected(Exception):
 
 def entry_path(cache: pathlib.Path, key: str) -> pathlib.Path:
   return cache / f"{key}.npz"
+
+
+def options_record(opts: PrepOptions) -> dict[str, Any]:
+  """The options that decide what an entry holds (as JSON would give them back), for comparing a
+  cache entry or a rejection with a re-run's options."""
+  record = dataclasses.asdict(opts)
+  record["backend_options"] = {k: v for k, v in opts.backend_options
+                               if k not in _SPEED_ONLY_OPTIONS}
+  return json.loads(json.dumps(record))
+
+
+def _built_with(meta: dict[str, Any]) -> dict[str, Any]:
+  """The options an entry was built with; entries from before ``options`` was recorded give
+  what their metadata holds."""
+  if "options" in meta:
+    return meta["options"]
+  return {"backend": meta.get("detector"), "image_size": meta.get("image_size"),
+          "enlarge": meta.get("enlarge"), "jpeg_quality": meta.get("jpeg_quality"),
+          "frames_per_video": len(meta.get("frames", []))}
+
+
+def option_differences(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+  """``name=built (now wanted)`` for each option that differs, in name order."""
+  return [f"{k}={built[k]!r} (now {wanted[k]!r})" for k in sorted(built)
+          if k in wanted and built[k] != wanted[k]]
 
 
 def prepare_video(
@@ -135,6 +170,7 @@ def prepare_video(
       "image_size": opts.image_size,
       "enlarge": opts.enlarge,
       "jpeg_quality": opts.jpeg_quality,
+      "options": options_record(opts),
   }
   return {
       "jpeg": np.concatenate(jpegs),
@@ -179,6 +215,8 @@ def _work(job: tuple[VideoEntry, str]) -> tuple[str, Rejected | None]:
     data = prepare_video(entry, _WORKER["backend"], _WORKER["opts"])
   except Rejected as e:
     return entry.key, e
+  except MemoryError as e:
+    return entry.key, Rejected("out of memory", f"out of memory: {e}")
   except Exception as e:  # pylint: disable=broad-except
     # One broken video must not end a multi-day run; the reason names the exception.
     return entry.key, Rejected("unexpected error", f"unexpected {type(e).__name__}: {e}")
@@ -187,17 +225,74 @@ def _work(job: tuple[VideoEntry, str]) -> tuple[str, Rejected | None]:
   return entry.key, None
 
 
-def _rejected_keys(cache: pathlib.Path) -> set[str]:
-  """Keys already recorded as rejected; a torn last line (killed mid-write) is ignored."""
+def _rejections(cache: pathlib.Path) -> dict[str, dict[str, Any]]:
+  """The latest recorded rejection of each key; a torn last line (killed mid-write) is ignored."""
   path = cache / REJECTED
-  keys = set()
+  latest: dict[str, dict[str, Any]] = {}
   if path.exists():
     for line in path.read_text().splitlines():
       try:
-        keys.add(json.loads(line)["key"])
+        row = json.loads(line)
+        latest[row["key"]] = row
       except (json.JSONDecodeError, KeyError, TypeError):
         continue
-  return keys
+  return latest
+
+
+def _check_unique_keys(entries: Sequence[VideoEntry]) -> None:
+  """Refuses two videos with one key: the second would overwrite the first's entry."""
+  seen: dict[str, VideoEntry] = {}
+  for e in entries:
+    if e.key in seen:
+      raise ValueError(f"{seen[e.key].clips[0]} and {e.clips[0]} both map to cache key "
+                       f"{e.key!r}; rename one of them (keys ignore the extension)")
+    seen[e.key] = e
+
+
+def _plan(entries: Sequence[VideoEntry], cache: pathlib.Path, wanted: dict[str, Any],
+          retry_rejected: bool, rebuild: bool) -> tuple[list[VideoEntry], dict[str, int]]:
+  """The videos to (re)do, and counts of why.
+
+  Raises:
+    ValueError: an entry was built with other options and ``rebuild`` is off (names the entry
+      and the differences).
+  """
+  rejections = _rejections(cache)
+  todo: list[VideoEntry] = []
+  why: Counter[str] = Counter()
+  mismatched: list[tuple[pathlib.Path, list[str]]] = []
+  for e in entries:
+    path = entry_path(cache, e.key)
+    if path.exists():
+      try:
+        differences = option_differences(_built_with(read_meta(path)), wanted)
+      except (OSError, ValueError, KeyError):  # written atomically by this program, yet damaged
+        todo.append(e)
+        why["rebuilt"] += 1
+        continue
+      if not differences:
+        why["done"] += 1
+      elif rebuild:
+        todo.append(e)
+        why["rebuilt"] += 1
+      else:
+        mismatched.append((path, differences))
+      continue
+    row = rejections.get(e.key)
+    if row is None:
+      todo.append(e)
+    elif retry_rejected or row.get("kind") in TRANSIENT_KINDS or (
+        "options" in row and option_differences(row["options"], wanted)):
+      todo.append(e)
+      why["retried_rejected"] += 1
+    else:
+      why["rejected_before"] += 1
+  if mismatched:
+    path, differences = mismatched[0]
+    more = f" ({len(mismatched) - 1} more entries differ too)" if len(mismatched) > 1 else ""
+    raise ValueError(f"{path}: built with other options: {', '.join(differences)}{more}; pass "
+                     "--rebuild to rebuild such entries, or use another --cache")
+  return todo, dict(why)
 
 
 def build_cache(
@@ -205,13 +300,26 @@ def build_cache(
     cache: str | os.PathLike,
     opts: PrepOptions,
     workers: int = 1,
+    retry_rejected: bool = False,
+    rebuild: bool = False,
 ) -> dict[str, Any]:
-  """Writes an entry per video into ``cache`` (skipping finished ones); returns the summary."""
+  """Writes an entry per video into ``cache`` (skipping finished ones); returns the summary.
+
+  Args:
+    retry_rejected: retry every recorded rejection, not only transient ones and those made under
+      other options.
+    rebuild: rebuild entries made with other options instead of refusing to run.
+
+  Raises:
+    ValueError: two videos share a key, or (without ``rebuild``) an entry was built with other
+      options.
+  """
   cache = pathlib.Path(cache)
+  _check_unique_keys(entries)
+  wanted = options_record(opts)
+  todo, why = _plan(entries, cache, wanted, retry_rejected, rebuild) if cache.is_dir() else (
+      list(entries), {})
   cache.mkdir(parents=True, exist_ok=True)
-  done_rejected = _rejected_keys(cache)
-  todo = [e for e in entries
-          if e.key not in done_rejected and not entry_path(cache, e.key).exists()]
   skipped = len(entries) - len(todo)
   reasons: Counter[str] = Counter()
   written = 0
@@ -226,7 +334,7 @@ def build_cache(
         written += 1
       else:
         reasons[rejection.kind] += 1
-        line = {"key": key, "kind": rejection.kind, "reason": str(rejection)}
+        line = {"key": key, "kind": rejection.kind, "reason": str(rejection), "options": wanted}
         rejected.write(json.dumps(line) + "\n")
         rejected.flush()
         os.fsync(rejected.fileno())
@@ -248,6 +356,8 @@ def build_cache(
   summary = {
       "videos": len(entries),
       "skipped_already_done": skipped,
+      "rebuilt": why.get("rebuilt", 0),
+      "retried_rejected": why.get("retried_rejected", 0),
       "written": written,
       "rejected": sum(reasons.values()),
       "rejected_by_reason": dict(sorted(reasons.items())),

@@ -62,6 +62,46 @@ class TalkingHeadsConfig(tfds.core.BuilderConfig):
     self.jpeg_quality = jpeg_quality
 
 
+def cache_image_sizes(cache: str | pathlib.Path) -> dict[int, int]:
+  """Crop side -> number of readable entries with it, over a landmark cache."""
+  sizes: dict[int, int] = {}
+  for path in pathlib.Path(cache).rglob("*.npz"):
+    try:
+      size = int(landmark_cache.read_meta(path)["image_size"])
+    except (OSError, ValueError, KeyError):
+      continue  # skipped (and logged) again when the split is generated
+    sizes[size] = sizes.get(size, 0) + 1
+  return sizes
+
+
+def config_for_cache(name: str, cache: str | pathlib.Path) -> TalkingHeadsConfig:
+  """Config ``name`` (voxceleb2 or video_folder) with the image size of the cache's crops:
+  the built-in config at its size (256 px), else ``<name>_<size>`` (``video_folder_128``).
+
+  Raises:
+    FileNotFoundError: the cache has no readable entries.
+    ValueError: the cache mixes crop sizes (one dataset holds one size).
+  """
+  base = next((c for c in TalkingHeads.BUILDER_CONFIGS if c.name == name), None)
+  if base is None or base.source == "synthetic":
+    raise ValueError(f"config {name!r}: expected voxceleb2 or video_folder")
+  sizes = cache_image_sizes(cache)
+  if not sizes:
+    raise FileNotFoundError(f"{cache}: no readable cache entries (*.npz); build them with "
+                            "`fewshot-jax prepare landmarks --cache ...`")
+  if len(sizes) > 1:
+    listed = ", ".join(f"{n} of {s} px" for s, n in sorted(sizes.items()))
+    raise ValueError(f"{cache}: entries have different crop sizes ({listed}); a dataset holds "
+                     "one size: rebuild them at one --image-size")
+  (size,) = sizes
+  if size == base.image_size:
+    return base
+  # Its own name, so datasets of two crop sizes can share a data dir (TFDS also refuses a
+  # custom config named like a built-in one).
+  return TalkingHeadsConfig(name=f"{base.name}_{size}", source=base.source, image_size=size,
+                            description=f"{base.description}, {size} px crops")
+
+
 class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Talking-head videos as crops + 68 landmarks, one example per video."""
 
@@ -122,6 +162,10 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     else:
       splits = {"train": paths}
     if not splits:
+      sizes = cache_image_sizes(cache)
+      if sizes:  # entries there, none of this config's size: say so, not "no examples"
+        raise ValueError(f"{cache}: crops are {', '.join(f'{s} px' for s in sorted(sizes))}, "
+                         f"config {cfg.name!r} expects {cfg.image_size} px")
       raise FileNotFoundError(f"{cache}: no cache entries (*.npz) for config {cfg.name!r}")
     return {name: self._generate_examples("cache", p) for name, p in splits.items()}
 
