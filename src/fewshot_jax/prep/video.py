@@ -4,6 +4,11 @@ Data prep reads thousands of files of unknown health; each failure here becomes 
 rejection log, so the error says which file and why (empty, not a video, no video stream, corrupt
 at frame N) rather than surfacing a codec library's exception, and carries a short ``kind`` that
 summaries count by.
+
+Frames come out the way a player shows them: phone videos are often stored sideways with a
+display matrix saying how to turn them, which FFmpeg's command line applies but PyAV's decoder
+does not. ``iter_frames`` turns each frame by its display rotation (a multiple of 90 degrees), so
+drivers and data prep see an upright face.
 """
 
 from __future__ import annotations
@@ -44,8 +49,18 @@ def _open_video(path: str | os.PathLike) -> Iterator[tuple[Any, Any]]:
     yield container, container.streams.video[0]
 
 
+def upright(image: np.ndarray, rotation: float) -> np.ndarray:
+  """``image`` turned counter-clockwise by ``rotation`` degrees (a display matrix's rotation, as
+  PyAV's ``VideoFrame.rotation`` gives it), to the nearest quarter turn."""
+  quarter_turns = int(round(rotation / 90.0)) % 4
+  if not quarter_turns:
+    return image
+  return np.ascontiguousarray(np.rot90(image, quarter_turns))
+
+
 def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, float]]:
-  """Yields ``(index, uint8 [H, W, 3] RGB frame, fps)`` for every frame of ``path``.
+  """Yields ``(index, uint8 [H, W, 3] RGB frame, fps)`` for every frame of ``path``, upright
+  (turned by the video's display rotation).
 
   Raises:
     VideoError: the file is missing, empty, not a video, has no video stream, or fails to decode
@@ -58,7 +73,7 @@ def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, floa
     index = 0
     try:
       for frame in container.decode(stream):
-        yield index, frame.to_ndarray(format="rgb24"), fps
+        yield index, upright(frame.to_ndarray(format="rgb24"), frame.rotation), fps
         index += 1
     except av.error.FFmpegError as e:
       raise VideoError(os.fspath(path), "corrupt or truncated", f"at frame {index}: {e}") from e
