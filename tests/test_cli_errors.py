@@ -129,3 +129,21 @@ def test_shot_landmarks_in_video_pixels_are_refused(tmp_path):
                                        r"expected crop pixels within \[0, 64\]"):
     cli_inference._shots(argparse.Namespace(source=None, shots=str(bad)), size, None)
   assert pathlib.Path(bad).is_file()
+
+
+def test_a_landmark_driver_in_video_pixels_is_refused_naming_the_frame(tmp_path):
+  """A .npy driver is read as crop pixels; one exported in its video's pixels (a 640 x 480 clip,
+  here from frame 5 on) would be drawn off the image, so it is refused instead."""
+  from fewshot_jax.inference.driver import load_driver  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  points = rng.uniform(20, 44, (10, 68, 2)).astype(np.float32)
+  good = tmp_path / "crop.npy"
+  np.save(good, points)
+  assert load_driver(str(good), None, 64, smooth_sigma=0).landmarks.shape == (10, 68, 2)
+  points[5:] *= 10
+  bad = tmp_path / "video.npy"
+  np.save(bad, points)
+  with pytest.raises(ValueError, match=rf"driver {bad}: frame 5 has landmarks in \[\d+, \d+\], "
+                                       r"expected crop pixels within \[0, 64\]"):
+    load_driver(str(bad), None, 64)

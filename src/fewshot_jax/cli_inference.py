@@ -14,6 +14,7 @@ import pathlib
 from collections.abc import Sequence
 from typing import Any
 
+from fewshot_jax.landmarks import check_in_crop
 from fewshot_jax.output_paths import check_input_file, check_output_dir, check_output_file
 
 
@@ -58,7 +59,7 @@ def _shots(args: argparse.Namespace, image_size: int, backend_factory):
                        f"[{frames.shape[0]},68,2]")
     if frames.dtype != np.uint8:
       raise ValueError(f"--shots {path}: frames are {frames.dtype}, expected uint8 (0-255)")
-    check_crop_landmarks(points, image_size, f"--shots {path}", "shot")
+    check_in_crop(points, image_size, f"--shots {path}", "shot")
     return frames, points, [str(path)]
   from fewshot_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
@@ -67,21 +68,6 @@ def _shots(args: argparse.Namespace, image_size: int, backend_factory):
 
 
 IDENTITY_MARKERS = ("identity.json", "identity.safetensors")  # what save_identity writes
-
-
-def check_crop_landmarks(points: Any, image_size: int, where: str, unit: str) -> None:
-  """Refuses landmarks that cannot be in crop pixels (e.g. a video's pixels): drawn, they would
-  fall outside the image. A quarter of the crop beyond each edge is allowed (a turned head's jaw)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  lo, hi = -0.25 * image_size, 1.25 * image_size
-  bad = ~np.all(np.isfinite(points) & (points >= lo) & (points <= hi), axis=(1, 2))
-  if bad.any():
-    i = int(np.argmax(bad))
-    raise ValueError(
-        f"{where}: {unit} {i} has landmarks in [{np.nanmin(points[i]):.0f}, "
-        f"{np.nanmax(points[i]):.0f}], expected crop pixels within [0, {image_size}] (the run's "
-        "model.image_size); landmarks in a video's pixels must be cropped first")
 
 
 def _check_counts(args: argparse.Namespace) -> None:

@@ -60,6 +60,20 @@ def part_segments(part: FacePart) -> list[tuple[int, int]]:
   return segs
 
 
+def check_in_crop(points: np.ndarray, image_size: int, where: str, unit: str = "frame") -> None:
+  """Refuses landmarks ``[T, 68, 2]`` that cannot be in crop pixels (a video's pixels, say):
+  drawn, they would fall off the image. A quarter of the crop beyond each edge is allowed (a turned
+  head's jaw). Raises ValueError naming ``where`` and the first bad ``unit`` (frame, shot)."""
+  lo, hi = -0.25 * image_size, 1.25 * image_size
+  bad = ~np.all(np.isfinite(points) & (points >= lo) & (points <= hi), axis=(1, 2))
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(
+        f"{where}: {unit} {i} has landmarks in [{np.nanmin(points[i]):.0f}, "
+        f"{np.nanmax(points[i]):.0f}], expected crop pixels within [0, {image_size}] (the run's "
+        "model.image_size); landmarks in a video's pixels must be cropped first")
+
+
 def default_thickness(image_size: int) -> float:
   """Stroke width in pixels: about 2 px at 256, never thinner than 1 px."""
   return max(1.0, 2.0 * image_size / 256.0)

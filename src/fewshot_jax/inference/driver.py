@@ -90,7 +90,8 @@ def load_driver(
     show_progress: print a progress line while detecting.
 
   Raises:
-    ValueError: a ``.npy`` of the wrong shape or with non-finite values.
+    ValueError: a ``.npy`` of the wrong shape, with non-finite values, or with landmarks outside
+      the crop (in a video's pixels, say).
     fewshot_jax.prep.video.VideoError: an unreadable video (the message names the file).
     NoFaceError: a video with no face in any frame.
   """
@@ -104,6 +105,8 @@ def load_driver(
     if not np.isfinite(points).all():
       bad = int(np.flatnonzero(~np.isfinite(points).all(axis=(1, 2)))[0])
       raise ValueError(f"driver {path}: frame {bad} has non-finite landmarks")
+    from fewshot_jax.landmarks import check_in_crop  # pylint: disable=g-import-not-at-top
+    check_in_crop(points, image_size, f"driver {path}")
     return Driver(motion_lib.smooth(points, smooth_sigma), float(fps), 0, str(path))
   if backend is None:
     raise ValueError(f"driver {path}: a video driver needs a landmark backend")
