@@ -11,6 +11,9 @@ import pytest
 
 from fewshot_jax import config as config_lib
 
+# Every skip fails: the dev extra installs all that the tests need (tests/skips_fail.py says why).
+pytest_plugins = ["skips_fail"]
+
 # Identical programs compiled by several tests (a resumed run, a re-built step) hit this disk cache
 # instead of compiling again; XLA:CPU compiles are the slow part of this suite.
 jax.config.update(

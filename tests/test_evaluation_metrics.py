@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
+import dlib  # noqa: F401  (the dev extra pins it: missing is a failure, not a skip)
 import numpy as np
 import pytest
+import skimage.data as skdata
+import skimage.metrics as skmetrics
 
 from test_prep_backends import carphone_path
-from fewshot_jax.evaluation import metrics
-
-dlib = pytest.importorskip("dlib")
-skdata = pytest.importorskip("skimage.data")
-skmetrics = pytest.importorskip("skimage.metrics")
-
-from fewshot_jax.evaluation import face_metrics  # noqa: E402
-from fewshot_jax.prep.backends import make_backend  # noqa: E402
-from fewshot_jax.prep.video import read_video  # noqa: E402
+from fewshot_jax.evaluation import face_metrics, metrics
+from fewshot_jax.prep.backends import make_backend
+from fewshot_jax.prep.video import read_video
 
 
 @pytest.fixture(scope="module")

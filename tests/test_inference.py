@@ -14,25 +14,23 @@ import pathlib
 import subprocess
 import sys
 
+import dlib  # noqa: F401  (the dev extra pins it: missing is a failure, not a skip)
 import numpy as np
 import pytest
+import skimage.data as skdata
 from PIL import Image
 
 from conftest import TEST_XLA_FLAGS
 from test_prep_backends import carphone_path
 from fewshot_jax import cli
 from fewshot_jax.inference import motion as motion_lib
-
-dlib = pytest.importorskip("dlib")
-skdata = pytest.importorskip("skimage.data")
-
-from fewshot_jax.inference import driver as driver_lib  # noqa: E402
-from fewshot_jax.inference import export as export_lib  # noqa: E402
-from fewshot_jax.inference import faces  # noqa: E402
-from fewshot_jax.inference import finetune as inf  # noqa: E402
-from fewshot_jax.images import to_uint8  # noqa: E402
-from fewshot_jax.inference import TalkingHead  # noqa: E402
-from fewshot_jax.inference import identity as identity_lib  # noqa: E402
+from fewshot_jax.inference import driver as driver_lib
+from fewshot_jax.inference import export as export_lib
+from fewshot_jax.inference import faces
+from fewshot_jax.inference import finetune as inf
+from fewshot_jax.images import to_uint8
+from fewshot_jax.inference import TalkingHead
+from fewshot_jax.inference import identity as identity_lib
 from fewshot_jax.inference.run import IncompatibleCheckpoint, load_run  # noqa: E402
 from fewshot_jax.prep.backends import DlibBackend, make_backend  # noqa: E402
 from fewshot_jax.prep.video import VideoError, read_video  # noqa: E402

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from fewshot_jax import landmarks as lmk
+from fewshot_jax.prep import backends
 
 
 def _face_like_points(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -106,7 +107,7 @@ def test_rejects_wrong_shape():
 @pytest.fixture(scope="module")
 def carphone_crop_points() -> np.ndarray:
   """dlib's landmarks of every 8th carphone frame, in 256 px crops made with data prep's recipe."""
-  dlib_backend = pytest.importorskip("fewshot_jax.prep.backends").make_backend("dlib")
+  dlib_backend = backends.make_backend("dlib")
   from fewshot_jax.prep import crop as crop_lib  # pylint: disable=g-import-not-at-top
   from fewshot_jax.prep.video import read_video  # pylint: disable=g-import-not-at-top
   from test_prep_backends import carphone_path  # pylint: disable=g-import-not-at-top

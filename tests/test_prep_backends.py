@@ -2,13 +2,12 @@
 
 import importlib.metadata
 
+import dlib  # noqa: F401  (the dev extra pins it: missing is a failure, not a skip)
 import numpy as np
 import pytest
 
 from fewshot_jax.prep import backends
 from fewshot_jax.prep.video import read_video
-
-dlib = pytest.importorskip("dlib")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Face tracks and crops: geometry that is exact, tracks that follow the right face, and crops of a
 real clip on which the detector finds the same landmarks again."""
 
+import dlib  # noqa: F401  (the dev extra pins it: missing is a failure, not a skip)
 import numpy as np
 import pytest
 
@@ -84,7 +85,6 @@ def test_main_track_is_the_large_face_present_throughout():
 
 def test_real_clip_crops_are_found_again_by_the_detector():
   """Carphone (real, 176x144): track, crop at 256, and re-detect on the crops."""
-  pytest.importorskip("dlib")
   from test_prep_backends import carphone_path  # pylint: disable=g-import-not-at-top
 
   from fewshot_jax.prep.video import read_video  # pylint: disable=g-import-not-at-top

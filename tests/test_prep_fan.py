@@ -12,13 +12,12 @@ import pathlib
 import shutil
 import urllib.error
 
+import face_alignment  # noqa: F401  (the dev extra pins it: missing is a failure, not a skip)
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("face_alignment")
-
-from fewshot_jax.prep import backends, fan  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fewshot_jax.prep import backends, fan
 
 
 @pytest.fixture(scope="module")

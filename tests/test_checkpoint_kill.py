@@ -1,0 +1,84 @@
+"""A SIGKILL while a real asynchronous checkpoint save is in flight leaves the previous checkpoint
+the latest, whole and restorable, and the run can save again over the debris.
+
+The save is the project's own ``Checkpoints.save`` in a child process, of a state large enough
+(128 MiB of incompressible floats, about 2 s of writing here) that the child can report the save
+still in progress and be killed before Orbax commits it. The test checks that it was: the killed
+step left only Orbax's temporary folder, never the step's own.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+from conftest import TEST_XLA_FLAGS, tiny_config
+from fewshot_jax.train import checkpoint as ckpt_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LEAVES, LEAF_FLOATS = 8, 4 * 2**20  # 8 x 16 MiB
+
+
+def _state(step: int) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(step)
+  return {f"w{i}": rng.standard_normal(LEAF_FLOATS, np.float32) for i in range(LEAVES)}
+
+
+_CHILD = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+import jax
+from conftest import tiny_config
+from test_checkpoint_kill import _state
+from fewshot_jax.train.checkpoint import Checkpoints
+ckpts = Checkpoints(sys.argv[1], keep=1)  # keep=1: step 1 is the only copy while 2 is written
+ckpts.save(1, jax.device_put(_state(1)), tiny_config(), {"next_index": 1}, wait=True)
+ckpts.save(2, jax.device_put(_state(2)), tiny_config(), {"next_index": 2})
+print("in flight" if ckpts.manager.is_saving_in_progress() else "already done", flush=True)
+time.sleep(600)
+"""
+
+
+def test_sigkill_during_an_async_save_keeps_the_previous_checkpoint(tmp_path):
+  workdir = tmp_path / "run"
+  env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": TEST_XLA_FLAGS}
+  proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(workdir), str(REPO / "tests")],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    line = proc.stdout.readline().strip()
+    proc.send_signal(signal.SIGKILL)
+  finally:
+    proc.kill()
+    proc.wait(timeout=30)
+  assert line == "in flight", f"the save was not in flight when killed: {line!r} " \
+                              f"{proc.stderr.read()[-3000:]}"
+  assert proc.returncode == -signal.SIGKILL
+  directory = workdir / "checkpoints"
+  # It was killed mid-save: step 2 exists only as Orbax's uncommitted temporary folder.
+  assert not (directory / "2").exists()
+  assert [p.name for p in directory.glob("2.orbax-checkpoint-tmp*")], sorted(directory.iterdir())
+
+  ckpts = ckpt_lib.Checkpoints(workdir, read_only=True)
+  assert ckpts.all_steps() == [1] and ckpts.latest_step() == 1
+  want = _state(1)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=device) for k, v in want.items()}
+  restored, step = ckpts.restore(abstract)
+  assert step == 1
+  for key, value in want.items():
+    np.testing.assert_array_equal(np.asarray(restored[key]), value)
+  assert ckpts.restore_data_state(1) == {"next_index": 1}
+  assert ckpts.restore_config().to_dict() == tiny_config().to_dict()
+
+  # A resumed run saves the same step again, past the killed save's debris.
+  again = ckpt_lib.Checkpoints(workdir, keep=1, async_save=False)
+  again.save(2, jax.device_put(_state(2)), tiny_config(), {"next_index": 2})
+  again.close()
+  assert ckpt_lib.Checkpoints(workdir, read_only=True).all_steps() == [2]
