@@ -11,7 +11,10 @@
 #   ./launch_tpu.sh delete --name NAME --zone ZONE --project PROJECT [--queued]
 #
 # The workdir must be a folder every worker sees: `setup --bucket BUCKET` mounts gs://BUCKET at
-# /gcs/BUCKET on every worker (gcsfuse), and Orbax's multi-host checkpoints need exactly that.
+# /gcs/BUCKET on every worker (gcsfuse), and Orbax's multi-host checkpoints need exactly that. The
+# mount caches no metadata, so each worker sees the others' files at once, and checkpoints are
+# committed by a commit_success.txt file, never a folder rename, which gcsfuse cannot do atomically
+# on a flat bucket (docs/architecture.md, "Run directories").
 # --dry-run prints every gcloud command instead of running it. `train` resumes by itself: the
 # trainer picks up the workdir's latest checkpoint, so re-running `train` after a preemption (or
 # after `create` brings a spot slice back) continues the run. Arguments after `--` are passed to
@@ -136,7 +139,7 @@ case "$command" in
     if [[ -n "$bucket" ]]; then
       # gcsfuse from Google's apt repository (if missing), then the bucket at /gcs/BUCKET.
       b="$(printf '%q' "$bucket")"
-      on_all_workers "command -v gcsfuse >/dev/null || { echo \"deb https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }; sudo mkdir -p /gcs/$b && sudo chown \"\$USER\" /gcs/$b && { mountpoint -q /gcs/$b || gcsfuse --implicit-dirs $b /gcs/$b; }"
+      on_all_workers "command -v gcsfuse >/dev/null || { echo \"deb https://packages.cloud.google.com/apt gcsfuse-\$(lsb_release -c -s) main\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add - && sudo apt-get update -q && sudo apt-get install -y -q gcsfuse; }; sudo mkdir -p /gcs/$b && sudo chown \"\$USER\" /gcs/$b && { mountpoint -q /gcs/$b || gcsfuse --implicit-dirs --metadata-cache-ttl-secs 0 $b /gcs/$b; }"
     fi
     ;;
   train|sweep)

@@ -1,10 +1,11 @@
 """A SIGKILL while a real asynchronous checkpoint save is in flight leaves the previous checkpoint
-the latest, whole and restorable, and the run can save again over the debris.
+the latest, whole and restorable, and the run can save again over the debris; and a save never
+renames a folder, which a gcsfuse-mounted bucket cannot do atomically.
 
 The save is the project's own ``Checkpoints.save`` in a child process, of a state large enough
 (128 MiB of incompressible floats, about 2 s of writing here) that the child can report the save
 still in progress and be killed before Orbax commits it. The test checks that it was: the killed
-step left only Orbax's temporary folder, never the step's own.
+step's folder has no ``commit_success.txt``.
 """
 
 from __future__ import annotations
@@ -61,9 +62,10 @@ def test_sigkill_during_an_async_save_keeps_the_previous_checkpoint(tmp_path):
                               f"{proc.stderr.read()[-3000:]}"
   assert proc.returncode == -signal.SIGKILL
   directory = workdir / "checkpoints"
-  # It was killed mid-save: step 2 exists only as Orbax's uncommitted temporary folder.
-  assert not (directory / "2").exists()
-  assert [p.name for p in directory.glob("2.orbax-checkpoint-tmp*")], sorted(directory.iterdir())
+  # It was killed mid-save: step 2's folder was being written, and was never committed.
+  assert (directory / "2").is_dir(), sorted(directory.iterdir())
+  assert not (directory / "2" / "commit_success.txt").exists()
+  assert (directory / "1" / "commit_success.txt").is_file()
 
   ckpts = ckpt_lib.Checkpoints(workdir, read_only=True)
   assert ckpts.all_steps() == [1] and ckpts.latest_step() == 1
@@ -82,3 +84,25 @@ def test_sigkill_during_an_async_save_keeps_the_previous_checkpoint(tmp_path):
   again.save(2, jax.device_put(_state(2)), tiny_config(), {"next_index": 2})
   again.close()
   assert ckpt_lib.Checkpoints(workdir, read_only=True).all_steps() == [2]
+
+
+def test_a_save_commits_by_a_file_never_by_renaming_a_folder(tmp_path, monkeypatch):
+  """On a gcsfuse mount a folder rename is refused, or copied then deleted object by object: a
+  kill mid-rename would leave a half-copied step under its final name. So no save renames one."""
+  renamed = []
+  for name in ("rename", "replace"):
+    original = getattr(os, name)
+
+    def spy(src, dst, *args, _original=original, **kwargs):
+      if os.path.isdir(src):
+        renamed.append((os.fspath(src), os.fspath(dst)))
+      return _original(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, name, spy)
+  ckpts = ckpt_lib.Checkpoints(tmp_path, keep=1)
+  for step in (1, 2):
+    ckpts.save(step, {"x": np.full((4,), step, np.float32)}, tiny_config(), {"next_index": step})
+  ckpts.close()
+  assert renamed == []
+  assert ckpt_lib.Checkpoints(tmp_path, read_only=True).all_steps() == [2]
+  assert (tmp_path / "checkpoints" / "2" / "commit_success.txt").is_file()

@@ -59,9 +59,11 @@ def test_a_session_runs_the_expected_gcloud_commands(gcloud):
   assert got[2][:5] == ["compute", "tpus", "tpu-vm", "ssh", "fs-v5e"] and "--worker=all" in got[2]
   install = got[2][-1]
   assert "tar xzf fewshot_jax.tar.gz" in install and "pip install --quiet -e '.[tpu]'" in install
-  # --bucket: the bucket mounted at /gcs/BUCKET on every worker, where the workdir lives.
+  # --bucket: the bucket mounted at /gcs/BUCKET on every worker, where the workdir lives, with no
+  # metadata cache (a worker sees another's commit_success.txt at once).
   mount = got[3][-1]
-  assert "--worker=all" in got[3] and "gcsfuse --implicit-dirs my-bkt /gcs/my-bkt" in mount
+  assert "--worker=all" in got[3]
+  assert "gcsfuse --implicit-dirs --metadata-cache-ttl-secs 0 my-bkt /gcs/my-bkt" in mount
   # train: on all workers, multi-host, resuming from the shared workdir, overrides passed through.
   train = got[4][-1]
   assert "--worker=all" in got[4]

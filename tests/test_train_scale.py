@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 
 from conftest import TEST_XLA_FLAGS, TINY_OVERRIDES, random_videos, tiny_config
 from fewshot_jax.data.episodes import EpisodeSource
+from fewshot_jax.inference.run import checkpoint_steps
 from fewshot_jax.prep import tfds_builder
 from fewshot_jax.train import checkpoint as ckpt_lib
 from fewshot_jax.train.loop import train
@@ -129,8 +130,8 @@ def test_sigkill_then_resume_equals_a_straight_run_bitwise(shards, straight, tmp
   workdir = tmp_path / "killed"
   proc = subprocess.Popen(_train_cmd(workdir, _overrides(shards), slow_after=K, pause=60),
                           env=_env(), stderr=subprocess.PIPE, text=True)
-  done = workdir / "checkpoints" / str(K)
-  _wait_for(done.is_dir, proc, f"checkpoint {K}")
+  done = workdir / "checkpoints" / str(K) / "commit_success.txt"  # committed, not only begun
+  _wait_for(done.is_file, proc, f"checkpoint {K}")
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=30)
   assert proc.returncode == -signal.SIGKILL
@@ -167,11 +168,13 @@ def test_a_half_written_checkpoint_is_never_the_latest(straight, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "run"
   shutil.copytree(straight, workdir)
-  # What a kill in the middle of saving step 9 leaves: Orbax's temporary folder, never renamed.
-  partial = workdir / "checkpoints" / "9.orbax-checkpoint-tmp-1700000000"
+  # What a kill in the middle of saving step 9 leaves: its folder, without the commit file.
+  partial = workdir / "checkpoints" / "9"
   shutil.copytree(workdir / "checkpoints" / str(2 * K), partial)
+  (partial / "commit_success.txt").unlink()
   (partial / "state" / "_METADATA").unlink(missing_ok=True)
   assert ckpt_lib.Checkpoints(workdir, read_only=True).latest_step() == 2 * K
+  assert checkpoint_steps(workdir)[-1] == 2 * K  # inference picks the same step
 
 
 def test_keeps_the_newest_checkpoints_and_every_kth_for_good(tmp_path):

@@ -54,14 +54,14 @@ class LoadedRun:
 def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
   """Finished checkpoint steps in ``workdir/checkpoints``, oldest first.
 
-  Orbax writes a step into a temporary directory and renames it to the bare step number when it
-  is complete, so only all-digit directory names count; a save cut short is never picked up.
+  A step is committed by ``commit_success.txt``, written last in its folder
+  (``train/checkpoint.py``), so a save cut short is never picked up.
   """
   root = pathlib.Path(workdir) / "checkpoints"
   if not root.is_dir():
     return []
   return sorted(int(p.name) for p in root.iterdir()
-                if p.name.isdigit() and (p / "state").is_dir())
+                if p.name.isdigit() and (p / "commit_success.txt").is_file())
 
 
 def check_shapes(where: str, expected: Any, found: Any) -> None:

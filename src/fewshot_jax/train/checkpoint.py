@@ -1,8 +1,17 @@
 """Orbax checkpoints of a run: the train state, the input iterator's position, and the config.
 
-``CheckpointManager`` writes each step into a temporary directory and renames it when complete, so
-a save interrupted half-way (a kill, a preemption) is never seen as the latest checkpoint. Saves
-are asynchronous: the loop continues while the arrays are written. The last ``keep`` checkpoints
+Each step is committed by a file, not a rename: Orbax writes the step's own folder and, last,
+``commit_success.txt`` in it; a step folder without one is not a checkpoint. A save interrupted
+half-way (a kill, a preemption) is therefore never seen as the latest checkpoint, and the previous
+one stays whole, on every filesystem. Orbax's default on a local path commits by renaming a
+temporary folder, which is atomic on a disk but not on a gcsfuse-mounted bucket (the documented
+TPU path): there a folder rename is refused, or copied object by object then deleted, so a kill
+mid-rename could leave a half-copied step under its final name. Orbax can also accept folders
+saved by the rename protocol (``allow_legacy_atomic_rename``), but that check takes any step
+folder not named ``*.orbax-checkpoint-tmp*`` as complete, a half-written one included, so it stays
+off: a step saved before this change resumes once ``commit_success.txt`` is added to its folder
+(a rename-committed folder is whole). Saves are asynchronous: the loop continues while the arrays
+are written. The last ``keep`` checkpoints
 are kept, plus every ``keep_every``-th step for good.
 
 The iterator's state is captured when the save is requested and written by grain's Orbax handler
@@ -22,6 +31,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from fewshot_jax import config as config_lib
+
+
+# Commit each step with commit_success.txt, never by a folder rename (the module docstring says
+# why, and why folders without that file are not accepted as checkpoints).
+COMMIT_BY_FILE = ocp.options.AtomicityOptions(
+    mode=ocp.options.AtomicityMode.COMMIT_FILE, allow_legacy_atomic_rename=False)
 
 
 class IteratorSnapshot:
@@ -63,7 +78,8 @@ class Checkpoints:
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, keep_period=keep_every or None, create=not read_only,
-            enable_async_checkpointing=async_save, read_only=read_only),
+            enable_async_checkpointing=async_save, read_only=read_only,
+            atomicity_options=COMMIT_BY_FILE),
         item_names=("state", "config", "data"),
         item_handlers={"data": grain.checkpoint.CheckpointHandler()},
     )
