@@ -106,3 +106,29 @@ def test_a_save_commits_by_a_file_never_by_renaming_a_folder(tmp_path, monkeypat
   assert renamed == []
   assert ckpt_lib.Checkpoints(tmp_path, read_only=True).all_steps() == [2]
   assert (tmp_path / "checkpoints" / "2" / "commit_success.txt").is_file()
+
+
+def test_a_run_saved_by_the_rename_protocol_still_resumes(tmp_path):
+  """Runs saved before the commit-file protocol (Orbax's default, which renames a temporary
+  folder) are found by training and by inference as they are: Orbax writes commit_success.txt
+  into the temporary folder before renaming it."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.run import checkpoint_steps  # pylint: disable=g-import-not-at-top
+
+  state = {"w": np.arange(6, dtype=np.float32)}
+  old = ocp.CheckpointManager(tmp_path / "checkpoints",
+                              options=ocp.CheckpointManagerOptions(create=True),
+                              item_names=("state", "config"))
+  old.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      config=ocp.args.JsonSave(tiny_config().to_dict())))
+  old.wait_until_finished()
+  old.close()
+  assert checkpoint_steps(tmp_path) == [5]
+  ckpts = ckpt_lib.Checkpoints(tmp_path)
+  try:
+    assert ckpts.latest_step() == 5
+    restored, step = ckpts.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                state))
+    np.testing.assert_array_equal(restored["w"], state["w"])
+  finally:
+    ckpts.close()

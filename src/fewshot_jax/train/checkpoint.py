@@ -9,10 +9,10 @@ TPU path): there a folder rename is refused, or copied object by object then del
 mid-rename could leave a half-copied step under its final name. Orbax can also accept folders
 saved by the rename protocol (``allow_legacy_atomic_rename``), but that check takes any step
 folder not named ``*.orbax-checkpoint-tmp*`` as complete, a half-written one included, so it stays
-off: a step saved before this change resumes once ``commit_success.txt`` is added to its folder
-(a rename-committed folder is whole). Saves are asynchronous: the loop continues while the arrays
-are written. The last ``keep`` checkpoints
-are kept, plus every ``keep_every``-th step for good.
+off. Steps saved before this change need nothing: Orbax's rename protocol also writes
+``commit_success.txt``, into the temporary folder before renaming it, so older runs resume as they
+are (tested). Saves are asynchronous: the loop continues while the arrays are written. The last
+``keep`` checkpoints are kept, plus every ``keep_every``-th step for good.
 
 The iterator's state is captured when the save is requested and written by grain's Orbax handler
 (one JSON file per process), so an asynchronous save cannot record a later position than the
