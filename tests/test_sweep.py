@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 
 from conftest import TINY_OVERRIDES
 from fewshot_jax import cli, sweep
+from fewshot_jax.train import loop
 
 TINY_SWEEP = f'''
 TINY = {TINY_OVERRIDES!r} + ["train.steps=2", "train.checkpoint_every=2", "data.num_train_videos=4",
@@ -61,11 +63,29 @@ def test_bad_sweeps_are_refused_with_the_reason(tmp_path):
     sweep.load_sweep("no_such_sweep")
 
 
-def test_local_sweep_trains_evaluates_collects_and_resumes(tmp_path, capsys):
+def test_local_sweep_trains_evaluates_collects_and_resumes(tmp_path, capsys, monkeypatch):
   spec = tmp_path / "tiny.py"
   spec.write_text(TINY_SWEEP)
   workdir = tmp_path / "sweep"
+  # A preemption notice (a real SIGTERM, caught by the train loop) during the first run: its
+  # checkpoint is saved, it is not evaluated, and the sweep stops before the second run.
+  start_preemption = loop._Preemption.__init__
+
+  def sigterm_at_once(self):
+    start_preemption(self)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(loop._Preemption, "__init__", sigterm_at_once)
   assert cli.main(["sweep", str(spec), "--workdir", str(workdir)]) == 0
+  assert "baseline: preempted at step 1 of 2; the sweep stops here" in capsys.readouterr().out
+  summary = json.loads((workdir / "baseline" / "train_summary.json").read_text())
+  assert summary["preempted"] and summary["steps"] == 1
+  assert not (workdir / "baseline" / "eval").exists() and not (workdir / "seed1").exists()
+  assert not (workdir / "results.csv").exists()
+  monkeypatch.undo()
+  # The next call resumes the preempted run at step 1, then runs the second one.
+  assert cli.main(["sweep", str(spec), "--workdir", str(workdir)]) == 0
+  assert json.loads((workdir / "baseline" / "train_summary.json").read_text())["resumed_from"] == 1
   for name in ("baseline", "seed1"):
     report = json.loads((workdir / name / "eval" / "eval.json").read_text())
     assert report["step"] == 2 and set(report["results"]) == {"k1"}
@@ -81,6 +101,53 @@ def test_local_sweep_trains_evaluates_collects_and_resumes(tmp_path, capsys):
   capsys.readouterr()
   assert cli.main(["sweep", str(spec), "--workdir", str(workdir)]) == 0
   assert capsys.readouterr().out.count("done, skipped") == 2
+  # A run trained without the sweep's marker (by the TPU runner) is recognised by its config.json.
+  (workdir / "baseline" / sweep.MARKER).unlink()
+  assert cli.main(["sweep", str(spec), "--workdir", str(workdir), "--dry-run"]) == 0
+  assert capsys.readouterr().out.count("(2 steps, done)") == 2
+
+  # An edited entry is not done: it trains again, its previous run kept whole under .superseded.
+  spec.write_text(TINY_SWEEP.replace('TINY + ["seed=1"]', 'TINY + ["seed=1", "train.lr_g=1e-4"]'))
+  assert cli.main(["sweep", str(spec), "--workdir", str(workdir), "--dry-run"]) == 0
+  out = capsys.readouterr().out
+  assert "(2 steps, done)" in out and "(2 steps, entry edited: to run again)" in out
+  assert [row["run"] for row in sweep.collect(sweep.load_sweep(str(spec)), workdir)] == ["baseline"]
+  assert cli.main(["sweep", str(spec), "--workdir", str(workdir)]) == 0
+  out = capsys.readouterr().out
+  (aside,) = (workdir / sweep.SUPERSEDED).iterdir()
+  assert f"seed1: entry edited: the previous run moved to {aside}" in out
+  assert json.loads((aside / "eval" / "eval.json").read_text())["step"] == 2
+  assert json.loads((workdir / "seed1" / "train_summary.json").read_text())["resumed_from"] == 0
+  assert out.count("done, skipped") == 1
+  # Edited back: the first seed1 run moves back, done, and nothing trains.
+  spec.write_text(TINY_SWEEP)
+  monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("a finished run trained again"))
+  assert cli.main(["sweep", str(spec), "--workdir", str(workdir)]) == 0
+  out = capsys.readouterr().out
+  assert f"moved back from {aside}" in out and out.count("done, skipped") == 2
+  assert len(list((workdir / sweep.SUPERSEDED).iterdir())) == 1  # the lr_g run, kept too
+
+
+def test_a_folder_that_is_not_a_run_is_refused_before_anything_trains(tmp_path, capsys,
+                                                                       monkeypatch):
+  spec = tmp_path / "tiny.py"
+  spec.write_text(TINY_SWEEP)
+  workdir = tmp_path / "sweep"
+  (workdir / "seed1").mkdir(parents=True)
+  (workdir / "seed1" / "holiday.jpg").write_bytes(b"a user's photo")
+  monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("trained"))
+  for dry_run in ([], ["--dry-run"]):
+    assert cli.main(["sweep", str(spec), "--workdir", str(workdir), *dry_run]) == 2
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"fewshot-jax sweep: error: {workdir / 'seed1'}: holds files but is not a run of this "
+        "sweep (no sweep_run.json and no run config.json); move it away or rename the sweep's run")
+  assert (workdir / "seed1" / "holiday.jpg").read_bytes() == b"a user's photo"
+  assert not (workdir / "baseline").exists()
+  (workdir / "seed1" / "holiday.jpg").rename(workdir / "photo")
+  (workdir / "seed1").rmdir()
+  (workdir / "photo").rename(workdir / "seed1")
+  assert cli.main(["sweep", str(spec), "--workdir", str(workdir), "--dry-run"]) == 2
+  assert "seed1: a file where the sweep's run folder goes" in capsys.readouterr().err
 
 
 def test_tpu_runner_hands_each_run_to_launch_tpu_in_turn(tmp_path):

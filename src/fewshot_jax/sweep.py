@@ -6,9 +6,15 @@ path, with ``:arg``) and ``overrides`` (``"section.field=value"`` strings).
 
 Runners:
   * ``local``: each run in turn in this process: train (which resumes from the run's checkpoint),
-    then the evaluation protocol on the config's held-out videos into ``<run>/eval``. A run whose
-    ``eval/eval.json`` exists is done and skipped, so a sweep that was stopped picks up where it
-    was. Then ``results.csv``, ``results.md`` and ``results.png`` are written over all runs.
+    then the evaluation protocol on the config's held-out videos into ``<run>/eval``. Then
+    ``results.csv``, ``results.md`` and ``results.png`` are written over the finished runs.
+    A run is done when it was evaluated at its ``train.steps`` under the config it has now: the
+    SHA-256 of the resolved config is kept in ``<run>/sweep_run.json``. A run that was preempted
+    (SIGTERM) is not evaluated: the sweep stops there (exit 0) and the next call resumes that run
+    from its checkpoint. A run whose sweep entry was edited trains again from scratch; the
+    previous run moves to ``.superseded/<name>-<hash>`` under the sweep's workdir (and moves
+    back, finished or not, if the entry is edited back). A folder under a run's name that is
+    not a run is refused, before anything trains.
     With ``--multihost`` (what ``launch_tpu.sh sweep`` runs on every worker of a slice), every
     process trains and evaluates each run together and process 0 writes the files.
   * ``tpu``: each run is handed to ``launch_tpu.sh train --foreground`` on an existing TPU VM
@@ -25,10 +31,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import importlib.util
 import io
 import json
 import math
+import os
 import pathlib
 import re
 import shlex
@@ -97,19 +105,125 @@ def run_config(run: RunSpec, extra: Sequence[str] = ()):
                                     list(run.overrides) + list(extra))
 
 
-def _done(rundir: pathlib.Path) -> bool:
-  return (rundir / "eval" / "eval.json").is_file()
+MARKER = "sweep_run.json"  # in each run's folder: which config it trains, as a hash
+SUPERSEDED = ".superseded"  # under the workdir: runs whose sweep entry was edited since
+
+
+def config_hash(cfg) -> str:
+  """SHA-256 of the resolved config's JSON: a run is its config's run only while this matches."""
+  return hashlib.sha256(config_lib.to_json(cfg).encode()).hexdigest()
+
+
+def _read_json(path: pathlib.Path) -> Any:
+  try:
+    return json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    return None
+
+
+def _stored_hash(rundir: pathlib.Path) -> str | None:
+  """The config hash of the run in ``rundir``: from the sweep's marker or, for a run trained
+  without one (the TPU runner, an older version), from the config.json that training writes."""
+  marker = _read_json(rundir / MARKER)
+  if isinstance(marker, dict) and isinstance(marker.get("config_sha256"), str):
+    return marker["config_sha256"]
+  saved = _read_json(rundir / "config.json")
+  if isinstance(saved, dict) and "model" in saved and "train" in saved:
+    saved.pop("runtime", None)  # facts training added; not part of the config asked for
+    return hashlib.sha256(json.dumps(saved, indent=2, sort_keys=True).encode()).hexdigest()
+  return None
+
+
+def _state(rundir: pathlib.Path, digest: str) -> str:
+  """``new``, ``same`` (this config's run, finished or not) or ``edited`` (another config's).
+
+  Raises:
+    ValueError: ``rundir`` is a file, or a folder with files that is not a run.
+  """
+  if not rundir.exists():
+    return "new"
+  if not rundir.is_dir():
+    raise ValueError(f"{rundir}: a file where the sweep's run folder goes; move it away")
+  stored = _stored_hash(rundir)
+  if stored is None:
+    if any(rundir.iterdir()):
+      raise ValueError(f"{rundir}: holds files but is not a run of this sweep (no {MARKER} and "
+                       "no run config.json); move it away or rename the sweep's run")
+    return "new"
+  return "same" if stored == digest else "edited"
+
+
+def _done(rundir: pathlib.Path, digest: str, steps: int) -> bool:
+  """Evaluated at its ``steps`` under the config whose hash is ``digest``."""
+  if not rundir.is_dir() or _stored_hash(rundir) != digest:
+    return False
+  ev = _read_json(rundir / "eval" / "eval.json")
+  return isinstance(ev, dict) and ev.get("step") == steps
+
+
+def _aside(workdir: pathlib.Path, name: str, digest: str) -> pathlib.Path:
+  return workdir / SUPERSEDED / f"{name}-{digest[:12]}"
+
+
+def _claim(workdir: pathlib.Path, r: RunSpec, extra: Sequence[str], digest: str) -> str:
+  """Makes ``workdir/r.name`` this config's run; returns what was done, for the log line.
+
+  An edited entry's previous run is moved aside, never deleted; this config's own earlier run
+  comes back from there if it is there.
+  """
+  rundir = workdir / r.name
+  state = _state(rundir, digest)
+  note = ""
+  if state == "edited":
+    old = _stored_hash(rundir)
+    target = _aside(workdir, r.name, old)
+    n = 1
+    while target.exists():
+      n += 1
+      target = target.with_name(f"{r.name}-{old[:12]}-{n}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(rundir, target)
+    note = f"entry edited: the previous run moved to {target}"
+    earlier = _aside(workdir, r.name, digest)
+    if earlier.is_dir() and _stored_hash(earlier) == digest:
+      os.replace(earlier, rundir)
+      note += f"; this config's run moved back from {earlier}"
+  if _read_json(rundir / MARKER) is None:
+    rundir.mkdir(parents=True, exist_ok=True)
+    write_text(rundir / MARKER, json.dumps({
+        "name": r.name, "config": r.config, "overrides": list(r.overrides),
+        "extra_overrides": list(extra), "config_sha256": digest}, indent=2) + "\n")
+  return note
+
+
+def _sync(name: str) -> None:
+  """All processes wait here (multi-host: process 0 moved folders on the shared workdir)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
 
 
 def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Sequence[str] = (),
               face_metrics: bool = False, fid_weights: str | None = None,
               dry_run: bool = False) -> list[dict[str, Any]]:
-  """Trains and evaluates each run in turn (skipping finished ones); returns the results rows."""
+  """Trains and evaluates each run in turn (skipping finished ones); returns the results rows,
+  or ``[]`` when a run was preempted (the sweep stops; calling it again resumes that run).
+
+  Raises:
+    ValueError: a config does not load, or a run's folder holds something that is not a run
+      (checked for every run before anything trains).
+  """
   workdir = filesystem_path(workdir, "sweep workdir")
   configs = [run_config(r, extra) for r in runs]  # every config is checked before anything runs
+  digests = [config_hash(cfg) for cfg in configs]
+  states = [_state(workdir / r.name, d) for r, d in zip(runs, digests)]
   if dry_run:
-    for r, cfg in zip(runs, configs):
-      state = "done" if _done(workdir / r.name) else "to run"
+    for r, cfg, d, state in zip(runs, configs, digests, states):
+      state = ("done" if _done(workdir / r.name, d, cfg.train.steps) else
+               {"new": "to run", "same": "to resume",
+                "edited": "entry edited: to run again"}[state])
       print(f"{r.name}: {r.config} {' '.join(r.overrides + tuple(extra))} "
             f"({cfg.train.steps} steps, {state}) -> {workdir / r.name}")
     return []
@@ -123,23 +237,37 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
   # Multi-host (launch_tpu.sh sweep): every process trains and evaluates each run together;
   # process 0 writes the evaluation and the results.
   lead = jax.process_index() == 0
-  for i, (r, cfg) in enumerate(zip(runs, configs)):
+  for i, (r, cfg, digest) in enumerate(zip(runs, configs, digests)):
     rundir = workdir / r.name
-    if _done(rundir):
-      print(f"sweep {i + 1}/{len(runs)} {r.name}: done, skipped", flush=True)
+    head = f"sweep {i + 1}/{len(runs)} {r.name}"
+    if lead:
+      note = _claim(workdir, r, extra, digest)
+      if note:
+        print(f"{head}: {note}", flush=True)
+    _sync(f"sweep claim {r.name}")
+    if _done(rundir, digest, cfg.train.steps):
+      print(f"{head}: done, skipped", flush=True)
       continue
-    print(f"sweep {i + 1}/{len(runs)} {r.name}: {r.config} {' '.join(r.overrides)}", flush=True)
+    print(f"{head}: {r.config} {' '.join(r.overrides)}", flush=True)
     source, held = train_sources(cfg)
     if held is None:
       raise ValueError(f"run {r.name}: its config has no held-out videos to evaluate on "
                        "(data.num_eval_videos = 0, or no data.eval_split in the shards)")
-    train(cfg, rundir, source, eval_source=held)
+    result = train(cfg, rundir, source, eval_source=held)
+    step = int(jax.device_get(result.state.step))
+    if result.preempted:
+      print(f"{head}: preempted at step {step} of {cfg.train.steps}; the sweep stops here and "
+            "resumes this run when it is run again", flush=True)
+      return []
+    if step != cfg.train.steps:
+      raise ValueError(f"{rundir}: its checkpoint is at step {step}, not train.steps = "
+                       f"{cfg.train.steps}; it was trained outside this sweep entry")
     frames, points = heldout_arrays(held)
     settings = report.EvalSettings(tuple(cfg.eval.shots), ("ff", "ft"), face_metrics,
                                    fid_weights=fid_weights)
     report.evaluate(load_run(rundir), frames, points, settings, rundir / "eval",
                     data_description=f"{cfg.data.source} held-out videos", write=lead)
-  return collect(runs, workdir) if lead else []
+  return collect(runs, workdir, extra) if lead else []
 
 
 def launch_commands(runs: Sequence[RunSpec], workdir: str, tpu: dict[str, str],
@@ -173,13 +301,16 @@ def run_tpu(runs: Sequence[RunSpec], workdir: str, tpu: dict[str, str], extra: S
 _SHOWN = (("ff", "ssim"), ("ff", "psnr"), ("ft", "ssim"), ("ft", "psnr"))
 
 
-def collect(runs: Sequence[RunSpec], workdir: pathlib.Path) -> list[dict[str, Any]]:
-  """Reads every finished run's eval.json; writes results.csv, results.md and results.png."""
+def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str] = ()
+            ) -> list[dict[str, Any]]:
+  """Reads every finished run's eval.json (evaluated at its steps, under its current config);
+  writes results.csv, results.md and results.png."""
   rows = []
   for r in runs:
-    path = workdir / r.name / "eval" / "eval.json"
-    if not path.is_file():
+    cfg = run_config(r, extra)
+    if not _done(workdir / r.name, config_hash(cfg), cfg.train.steps):
       continue
+    path = workdir / r.name / "eval" / "eval.json"
     ev = json.loads(path.read_text())
     row: dict[str, Any] = {"run": r.name, "config": r.config,
                            "overrides": " ".join(r.overrides), "step": ev["step"]}
