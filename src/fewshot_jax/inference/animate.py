@@ -22,7 +22,7 @@ from fewshot_jax.images import to_uint8
 from fewshot_jax.inference import finetune as inf
 from fewshot_jax.inference import motion as motion_lib
 from fewshot_jax.inference.driver import Driver, iter_driver_crops
-from fewshot_jax.inference.identity import Identity
+from fewshot_jax.inference.identity import Identity, check_finite
 from fewshot_jax.inference.run import LoadedRun
 from fewshot_jax.progress import Progress, format_seconds
 
@@ -49,21 +49,35 @@ class AnimateSummary:
             f"{self.held_frames} driver frames without a face held the last landmarks")
 
 
+class NonFiniteFrames(ValueError):
+  """The generator gave NaN or Inf: as uint8 those become black frames, never a video."""
+
+
 def make_generator(run: LoadedRun, batch_size: int) -> Callable[..., np.ndarray]:
   """``gen(vars, psi, points[n, 68, 2]) -> uint8 [n, S, S, 3]`` for any ``n``, compiled once for
-  ``batch_size`` (shorter batches are padded with their last frame)."""
+  ``batch_size`` (shorter batches are padded with their last frame).
+
+  Raises ``NonFiniteFrames`` (naming the batch's first frame index) when a generated frame holds
+  a NaN or Inf, instead of returning it clipped to black.
+  """
   cfg = run.config
 
   @jax.jit
   def gen(v, psi, points):
     frames = inf.generate(run.graphdef, v, cfg.model, psi, points)
-    return jnp.clip(jnp.round((frames + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    finite = jnp.all(jnp.isfinite(frames), axis=(1, 2, 3))
+    return jnp.clip(jnp.round((frames + 1.0) * 127.5), 0, 255).astype(jnp.uint8), finite
 
   def call(v, psi, points: np.ndarray) -> np.ndarray:
     n = len(points)
     if n < batch_size:
       points = np.concatenate([points, np.repeat(points[-1:], batch_size - n, 0)])
-    return np.asarray(gen(v, psi, points))[:n]
+    frames, finite = gen(v, psi, points)
+    bad = np.flatnonzero(~np.asarray(finite)[:n])
+    if bad.size:
+      raise NonFiniteFrames(f"generated frame {int(bad[0])} of this batch of {n} is NaN or Inf "
+                            "(the identity's or the run's weights, or the driving landmarks)")
+    return np.asarray(frames)[:n]
 
   return call
 
@@ -103,11 +117,16 @@ def animate(
       generated).
     batch_size: frames generated per call.
     show_progress: print a progress line.
+
+  Raises:
+    ValueError: a bad layout, an identity holding NaN or Inf, or a generated frame
+      that is not finite (``out`` is then not written: a NaN frame would be a black one).
   """
   from fewshot_jax.visualize import Mp4Writer  # pylint: disable=g-import-not-at-top
 
   if layout not in LAYOUTS:
     raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+  check_finite(identity, "identity")
   size = run.config.model.image_size
   # Relative motion keeps the face shape of the first shot (the one shown side by side).
   targets = motion_lib.retarget(identity.shot_landmarks[0], driver.landmarks, motion)
@@ -120,7 +139,10 @@ def animate(
   upscale = max(1, 256 // size)
   with Mp4Writer(out, driver.fps, upscale) as writer:
     for start in range(0, len(targets), batch_size):
-      frames = gen(v, psi, targets[start:start + batch_size])
+      try:
+        frames = gen(v, psi, targets[start:start + batch_size])
+      except NonFiniteFrames as e:
+        raise NonFiniteFrames(f"{out}: not written: from frame {start}, {e}") from None
       for frame in frames:
         writer.write(frame if panels is None else np.concatenate([next(panels), frame], axis=1))
       if progress:

@@ -23,28 +23,44 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fewshot_jax.inference.output_dirs import FolderKind, check_replaceable, write_folder
+
 EXPORT_FORMAT = 1
 PLATFORMS = ("cpu", "cuda", "tpu")
 _FILES = ("config.json", "weights.safetensors", "generator.jaxexport", "embedder.jaxexport")
+# An earlier export (of any format): its config.json says what it is; it holds nothing else.
+EXPORT_FOLDER = FolderKind("export", "config.json", ("format", "functions", "model"),
+                           frozenset(_FILES))
 
 
 def export_run(run: Any, out: str | os.PathLike, identity: Any = None,
                platforms: tuple[str, ...] = PLATFORMS) -> dict[str, Any]:
   """Writes the export directory ``out`` for ``run`` (a ``LoadedRun``) and, optionally, a fitted
-  ``identity``. Returns what was written into ``config.json``."""
+  ``identity``. Returns what was written into ``config.json``.
+
+  ``out`` is replaced only when it is empty or an earlier export (checked first, before minutes
+  of tracing on a big model, and again before the swap); the files are written into a hidden
+  sibling folder that then replaces ``out`` whole, and is removed if anything fails.
+
+  Raises:
+    ValueError: ``out`` is a file, or a folder that is not an earlier export (the run itself, a
+      folder of exports, an export with other files added), or the identity holds NaN or Inf;
+      nothing is traced or written.
+  """
   from fewshot_jax.atomic_files import write_bytes, write_text  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference import finetune as inf  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.tensors import flat_paths, like, save_tree  # pylint: disable=g-import-not-at-top
 
-  out = pathlib.Path(out)
+  out = check_replaceable(out, EXPORT_FOLDER)
+  if identity is not None:
+    from fewshot_jax.inference.identity import check_finite  # pylint: disable=g-import-not-at-top
+    check_finite(identity, "identity")
   cfg = run.config
   v = identity.model_vars(run) if identity is not None else run.vars
   weights = {"g": v.g, "sn": v.sn}
@@ -75,14 +91,7 @@ def export_run(run: Any, out: str | os.PathLike, identity: Any = None,
       spec, jax.ShapeDtypeStruct((b, k, s, s, 3), jnp.uint8),
       jax.ShapeDtypeStruct((b, k, 68, 2), jnp.float32))
 
-  # Written into a sibling folder and swapped in whole: a re-export cut short never leaves new
-  # programs next to old weights.
-  out.parent.mkdir(parents=True, exist_ok=True)
-  staging = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
   psi = {} if identity is None else {"identity/psi": np.asarray(identity.psi, np.float32)}
-  save_tree(staging / "weights.safetensors", {**flat, **psi})
-  write_bytes(staging / "generator.jaxexport", gen_exp.serialize())
-  write_bytes(staging / "embedder.jaxexport", emb_exp.serialize())
   meta = {
       "format": EXPORT_FORMAT,
       "model": cfg.model.to_dict(),
@@ -101,16 +110,15 @@ def export_run(run: Any, out: str | os.PathLike, identity: Any = None,
                                 "(embedding f32[b,N], psi f32[b,P])",
       },
   }
-  write_text(staging / "config.json", json.dumps(meta, indent=2))
-  os.chmod(staging, 0o755)
-  if out.exists():
-    old = out.with_name(f".{out.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    os.replace(out, old)
-    os.replace(staging, out)
-    shutil.rmtree(old)
-  else:
-    os.replace(staging, out)
+
+  def fill(staging: pathlib.Path) -> None:
+    save_tree(staging / "weights.safetensors", {**flat, **psi})
+    write_bytes(staging / "generator.jaxexport", gen_exp.serialize())
+    write_bytes(staging / "embedder.jaxexport", emb_exp.serialize())
+    write_text(staging / "config.json", json.dumps(meta, indent=2))
+
+  # Swapped in whole: a re-export cut short never leaves new programs next to old weights.
+  write_folder(out, EXPORT_FOLDER, fill)
   return meta
 
 

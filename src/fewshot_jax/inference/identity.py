@@ -5,6 +5,10 @@ meta-learned ones for a feed-forward fit, fine-tuned ones after ``steps`` of fin
 spectral-norm vectors, and the shots' own landmarks (relative motion moves *these*, so the face
 keeps its shape). It is stored as ``identity.safetensors`` plus ``identity.json`` (the model config
 it belongs to, the run it came from, the fit's settings) and ``shots.png`` to look at.
+
+An identity is finite or it does not exist: a fine-tune whose losses or weights turn NaN/Inf stops
+with the step and the losses named (``FinetuneDiverged``), and such an identity is neither saved
+nor loaded; otherwise it animates into a black video that looks like success.
 """
 
 from __future__ import annotations
@@ -20,12 +24,44 @@ import numpy as np
 
 from fewshot_jax.atomic_files import write_text
 from fewshot_jax.inference import finetune as inf
+from fewshot_jax.inference.output_dirs import FolderKind, check_replaceable, write_folder
 from fewshot_jax.inference.run import IncompatibleCheckpoint, LoadedRun
-from fewshot_jax.inference.tensors import from_flat, load_flat, save_tree
+from fewshot_jax.inference.tensors import flat_paths, from_flat, load_flat, save_tree
 from fewshot_jax.progress import Progress
 
 PyTree = Any
 IDENTITY_FORMAT = 1
+IDENTITY_FOLDER = FolderKind("identity", "identity.json", ("format", "run", "model"),
+                             frozenset({"identity.json", "identity.safetensors", "shots.png"}))
+
+
+class FinetuneDiverged(ValueError):
+  """Fine-tuning produced a NaN or Inf loss or weight; the identity is unusable and not kept."""
+
+
+def nonfinite_tensors(identity: "Identity") -> list[str]:
+  """The names (``psi``, ``generator/...``, ``sn/...``) of the identity's tensors holding a NaN or
+  an Inf; empty for a usable identity."""
+  tree = {"psi": identity.psi, "generator": identity.generator, "sn": identity.sn,
+          "shot_landmarks": identity.shot_landmarks}
+  return [name for name, x in flat_paths(tree).items()
+          if not np.all(np.isfinite(np.asarray(x, np.float32)))]
+
+
+def check_finite(identity: "Identity", what: str) -> None:
+  """Raises ``ValueError`` naming ``what`` and the first non-finite tensors, if any."""
+  bad = nonfinite_tensors(identity)
+  if bad:
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    raise ValueError(f"{what}: not finite (NaN or Inf) in {', '.join(bad[:3])}{more}; fit the "
+                     "identity again (`fewshot-jax finetune`, with fewer steps or lower "
+                     "finetune.lr_g / lr_d if it diverged)")
+
+
+def check_identity_folder(directory: str | os.PathLike) -> pathlib.Path:
+  """Refuses, before any fitting, an identity folder that ``save_identity`` would not replace
+  (anything but a new or empty folder or an earlier identity); returns it absolute."""
+  return check_replaceable(directory, IDENTITY_FOLDER)
 
 
 @dataclasses.dataclass
@@ -68,6 +104,10 @@ def fit_identity(
     points: f32 ``[K, 68, 2]`` their landmarks in crop pixels.
     steps: fine-tuning steps (0: the feed-forward fit).
     show_progress: print a progress line while fine-tuning.
+
+  Raises:
+    ValueError: the shots have the wrong shapes or non-finite landmarks.
+    FinetuneDiverged: a loss or the fitted weights became NaN or Inf (stopped at that step).
   """
   from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
 
@@ -76,6 +116,9 @@ def fit_identity(
   if frames.ndim != 4 or frames.shape[1:] != (s, s, 3) or points.shape != (len(frames), 68, 2):
     raise ValueError(f"shots: expected frames [K, {s}, {s}, 3] and landmarks [K, 68, 2], found "
                      f"{frames.shape} and {points.shape}")
+  bad_shots = np.flatnonzero(~np.isfinite(points).all(axis=(1, 2)))
+  if bad_shots.size:
+    raise ValueError(f"shots: the landmarks of shot(s) {bad_shots.tolist()} hold NaN or Inf")
   e_hat = jax.jit(lambda v, f, p: inf.embed(run.graphdef, v, cfg.model, f, p))(
       run.vars, frames[None], points[None])[0]
   psi = jax.jit(lambda v, e: inf.feed_forward_psi(run.graphdef, v, e))(run.vars, e_hat)
@@ -87,32 +130,66 @@ def fit_identity(
     step = jax.jit(inf.make_finetune_step(run.graphdef, cfg, content))
     progress = Progress(steps, "finetune", "steps") if show_progress else None
     first = last = None
-    for _ in range(steps):
+    for i in range(steps):
       fs, metrics = step(fs, run.vars, frames, points, content.params)
+      values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      _check_losses(i + 1, steps, values, cfg)  # each step: a diverged fit stops at once
       if progress:
-        progress.update(1, f"content {float(metrics['ft/content']):.4f}")
-      last = float(metrics["ft/content"])
+        progress.update(1, f"content {values['ft/content']:.4f}")
+      last = values["ft/content"]
       first = last if first is None else first
     psi, generator, sn = fs.psi, fs.generator, fs.sn
     info.update(content_first=first, content_last=last, content_loss=content.description)
-  return Identity(psi=np.asarray(psi), generator=jax.device_get(generator),
-                  sn=jax.device_get(sn), shot_landmarks=np.asarray(points, np.float32),
-                  shots=np.asarray(frames, np.uint8), info=info)
+  identity = Identity(psi=np.asarray(psi), generator=jax.device_get(generator),
+                      sn=jax.device_get(sn), shot_landmarks=np.asarray(points, np.float32),
+                      shots=np.asarray(frames, np.uint8), info=info)
+  bad = nonfinite_tensors(identity)  # the last update can break the weights after finite losses
+  if bad and steps:
+    raise FinetuneDiverged(f"fine-tuning diverged: after {steps} steps {', '.join(bad[:3])} hold "
+                           f"NaN or Inf; nothing was saved; {_advice(cfg)}")
+  if bad:
+    raise FinetuneDiverged(f"the feed-forward fit from {run.workdir} (step {run.step}) gives NaN "
+                           f"or Inf in {', '.join(bad[:3])}: its weights are not usable")
+  return identity
+
+
+def _advice(cfg) -> str:
+  f = cfg.finetune
+  return (f"try fewer steps or a lower finetune.lr_g (now {f.lr_g:g}) / finetune.lr_d "
+          f"(now {f.lr_d:g})")
+
+
+def _check_losses(step: int, steps: int, values: dict[str, float], cfg) -> None:
+  bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+  if bad:
+    names = ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+    raise FinetuneDiverged(f"fine-tuning diverged at step {step} of {steps}: {names}; it was "
+                           f"stopped and nothing was saved; {_advice(cfg)}")
 
 
 def save_identity(directory: str | os.PathLike, identity: Identity, run: LoadedRun) -> None:
-  """Writes ``identity.safetensors``, ``identity.json`` and ``shots.png`` into ``directory``."""
+  """Writes the folder ``directory``: ``identity.safetensors``, ``identity.json``, ``shots.png``.
+
+  The folder is written whole (staged, then swapped in), and only over a new or empty folder or
+  an earlier identity.
+
+  Raises:
+    ValueError: ``directory`` is something else (it names it), or the identity is not finite.
+  """
   from fewshot_jax.visualize import save_png  # pylint: disable=g-import-not-at-top
 
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  save_tree(directory / "identity.safetensors",
-            {"psi": identity.psi, "generator": identity.generator, "sn": identity.sn,
-             "shot_landmarks": identity.shot_landmarks, "shots": identity.shots})
+  check_finite(identity, f"identity for {directory}")
   meta = {"format": IDENTITY_FORMAT, "run": str(run.workdir.absolute()), "run_step": run.step,
           "model": run.config.model.to_dict(), **identity.info}
-  write_text(directory / "identity.json", json.dumps(meta, indent=2, default=list))
-  save_png(directory / "shots.png", np.concatenate(list(identity.shots), axis=1))
+
+  def fill(staging: pathlib.Path) -> None:
+    save_tree(staging / "identity.safetensors",
+              {"psi": identity.psi, "generator": identity.generator, "sn": identity.sn,
+               "shot_landmarks": identity.shot_landmarks, "shots": identity.shots})
+    write_text(staging / "identity.json", json.dumps(meta, indent=2, default=list))
+    save_png(staging / "shots.png", np.concatenate(list(identity.shots), axis=1))
+
+  write_folder(directory, IDENTITY_FOLDER, fill)
 
 
 def load_identity(directory: str | os.PathLike, run: LoadedRun) -> Identity:
@@ -122,6 +199,7 @@ def load_identity(directory: str | os.PathLike, run: LoadedRun) -> Identity:
     FileNotFoundError: the directory lacks identity.json or identity.safetensors.
     IncompatibleCheckpoint: the identity was fitted with a model of another shape (the message
       lists the differing ``model.*`` fields, expected vs found).
+    ValueError: its tensors are missing or hold NaN or Inf (written before fits were checked).
   """
   directory = pathlib.Path(directory)
   meta_path = directory / "identity.json"
@@ -147,8 +225,10 @@ def load_identity(directory: str | os.PathLike, run: LoadedRun) -> Identity:
     raise ValueError(f"{path}: missing tensors (expected psi, shots, shot_landmarks, generator/*, "
                      f"sn/*; found {sorted(flat)[:6]}...)")
   tree = from_flat(flat, {"generator": run.vars.g["generator"], "sn": run.vars.sn}, path)
-  return Identity(
+  identity = Identity(
       psi=flat["psi"], generator=tree["generator"], sn=tree["sn"],
       shot_landmarks=flat["shot_landmarks"], shots=shots,
       info={k: v for k, v in meta.items() if k != "model"})
+  check_finite(identity, str(path))
+  return identity
 
