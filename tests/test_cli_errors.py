@@ -72,7 +72,7 @@ def test_each_subcommand_names_the_bad_input(capsys, tmp_path, user_folder):
       (("finetune", "--checkpoint", missing, "--shots", str(npy), "--out", missing),
        f"--shots {npy}: expected a .npz file, got .npy"),
       (("finetune", "--checkpoint", missing, "--synthetic", "1", "--out", str(user_folder)),
-       f"--out {user_folder}: the folder holds files that are not an identity"),
+       f"{user_folder}: not empty and not an earlier identity"),
       (("finetune", "--checkpoint", missing, "--synthetic", "1", "--k", "0", "--out", missing),
        "--k 0: expected at least 1"),
       (("animate", "--checkpoint", missing, "--identity", missing, "--driver", str(npy),

@@ -33,7 +33,7 @@ def test_every_shipped_sweep_loads_and_its_configs_build():
     runs = sweep.load_sweep(str(path))
     assert runs and len({r.name for r in runs}) == len(runs)
     for r in runs:
-      sweep.run_config(r)  # config file + overrides apply
+      config_checks.validate(sweep.run_config(r))  # config file + overrides apply, and are valid
   names = [r.name for r in sweep.load_sweep("paper_ablations")]
   assert names == ["baseline", "ff", "match_x8", "no_fm", "no_attention", "d_steps_2",
                    "k_train_1", "k_train_8"]  # ablation_64: one D step and K = 4
@@ -61,6 +61,12 @@ def test_bad_sweeps_are_refused_with_the_reason(tmp_path):
     sweep.load_sweep(str(bad))
   with pytest.raises(FileNotFoundError, match="sweeps: .*paper_ablations"):
     sweep.load_sweep("no_such_sweep")
+  # A bad field in any run is named with its run before any run trains.
+  bad.write_text("def get_sweep(arg=None):\n  return [{'name': 'a', 'config': 'demo_64'}, "
+                 "{'name': 'b', 'config': 'demo_64', 'overrides': ['train.log_every=-1']}]\n")
+  with pytest.raises(ValueError, match="sweep run 'b': config: train.log_every=-1: expected"):
+    sweep.run_local(sweep.load_sweep(str(bad)), tmp_path / "sweep")
+  assert not (tmp_path / "sweep" / "a").exists()
 
 
 def test_local_sweep_trains_evaluates_collects_and_resumes(tmp_path, capsys, monkeypatch):

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fewshot_jax.landmarks import check_in_crop
-from fewshot_jax.output_paths import check_input_file, check_output_dir, check_output_file
+from fewshot_jax.output_paths import check_input_file, check_output_file
 
 
 def _backend(args: argparse.Namespace):
@@ -67,9 +67,6 @@ def _shots(args: argparse.Namespace, image_size: int, backend_factory):
   return frames[: args.k], points[: args.k], [f"synthetic:{args.synthetic}"]
 
 
-IDENTITY_MARKERS = ("identity.json", "identity.safetensors")  # what save_identity writes
-
-
 def _check_counts(args: argparse.Namespace) -> None:
   """Inputs and numeric options a user can get wrong, refused before a checkpoint is loaded."""
   if getattr(args, "shots", None):
@@ -103,7 +100,8 @@ def cmd_finetune(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.inference.identity import save_identity  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
 
-  check_output_dir(args.out, "--out", IDENTITY_MARKERS, "an identity")
+  from fewshot_jax.inference.identity import check_identity_folder  # pylint: disable=g-import-not-at-top
+  check_identity_folder(args.out)  # before minutes of fitting, not after
   _check_counts(args)
   run = load_run(args.checkpoint, overrides=overrides)
   steps = run.config.finetune.steps if args.steps is None else args.steps
@@ -124,7 +122,8 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   check_output_file(args.out, "--out", (".mp4",))
   check_input_file(args.driver, "--driver")
   if args.save_identity:
-    check_output_dir(args.save_identity, "--save-identity", IDENTITY_MARKERS, "an identity")
+    from fewshot_jax.inference.identity import check_identity_folder  # pylint: disable=g-import-not-at-top
+    check_identity_folder(args.save_identity)
   if args.identity and not pathlib.Path(args.identity).is_dir():
     raise FileNotFoundError(f"--identity {args.identity}: no such folder (expected one written "
                             "by `fewshot-jax finetune`)")

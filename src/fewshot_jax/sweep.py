@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fewshot_jax import config as config_lib
+from fewshot_jax import config_checks
 from fewshot_jax.atomic_files import atomic_path, filesystem_path, write_text
 
 SWEEPS = config_lib.EXPERIMENTS / "sweeps"
@@ -217,6 +218,11 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
   """
   workdir = filesystem_path(workdir, "sweep workdir")
   configs = [run_config(r, extra) for r in runs]  # every config is checked before anything runs
+  for r, cfg in zip(runs, configs):
+    try:
+      config_checks.validate(cfg, check_files=not dry_run)
+    except ValueError as e:
+      raise ValueError(f"sweep run {r.name!r}: {e}") from e
   digests = [config_hash(cfg) for cfg in configs]
   states = [_state(workdir / r.name, d) for r, d in zip(runs, digests)]
   if dry_run:
