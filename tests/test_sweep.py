@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import TINY_OVERRIDES
-from fewshot_jax import cli, sweep
+from fewshot_jax import cli, config_checks, sweep
 from fewshot_jax.train import loop
 
 TINY_SWEEP = f'''
