@@ -30,6 +30,7 @@ bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/synthetic.py
 	$(VENV)/bin/python benchmarks/prep.py
 	$(VENV)/bin/python benchmarks/input.py --workers 0 1 2
+	$(VENV)/bin/python benchmarks/record_reader.py
 	$(VENV)/bin/python benchmarks/inference.py
 	$(VENV)/bin/python benchmarks/conv_grads.py
 	$(VENV)/bin/python benchmarks/train_step.py
