@@ -112,26 +112,34 @@ def test_local_sweep_trains_evaluates_collects_and_resumes(tmp_path, capsys, mon
   assert cli.main(["sweep", str(spec), "--workdir", str(workdir), "--dry-run"]) == 0
   assert capsys.readouterr().out.count("(2 steps, done)") == 2
 
-  # An edited entry is not done: it trains again, its previous run kept whole under .superseded.
+  # More steps, or another way to execute, is the same run: it resumes (dry run: nothing trains).
+  spec.write_text(TINY_SWEEP.replace('TINY + ["seed=1"]',
+                                     'TINY + ["seed=1", "train.steps=3", "data.prefetch=3"]'))
+  assert cli.main(["sweep", str(spec), "--workdir", str(workdir), "--dry-run"]) == 0
+  assert f"(3 steps, to resume) -> {workdir / 'seed1'}" in capsys.readouterr().out
+  # An edited entry is not done: it trains again in a new folder; the previous run stays whole.
   spec.write_text(TINY_SWEEP.replace('TINY + ["seed=1"]', 'TINY + ["seed=1", "train.lr_g=1e-4"]'))
   assert cli.main(["sweep", str(spec), "--workdir", str(workdir), "--dry-run"]) == 0
   out = capsys.readouterr().out
   assert "(2 steps, done)" in out and "(2 steps, entry edited: to run again)" in out
   assert [row["run"] for row in sweep.collect(sweep.load_sweep(str(spec)), workdir)] == ["baseline"]
+  before = {p.relative_to(workdir): p.stat().st_mtime_ns for p in (workdir / "seed1").rglob("*")}
   assert cli.main(["sweep", str(spec), "--workdir", str(workdir)]) == 0
   out = capsys.readouterr().out
-  (aside,) = (workdir / sweep.SUPERSEDED).iterdir()
-  assert f"seed1: entry edited: the previous run moved to {aside}" in out
-  assert json.loads((aside / "eval" / "eval.json").read_text())["step"] == 2
-  assert json.loads((workdir / "seed1" / "train_summary.json").read_text())["resumed_from"] == 0
+  (edited,) = workdir.glob("seed1~*")
+  assert f"seed1: entry edited since {workdir / 'seed1'} was trained; that run stays" in out
+  assert {p.relative_to(workdir): p.stat().st_mtime_ns
+          for p in (workdir / "seed1").rglob("*")} == before  # untouched
+  assert json.loads((edited / "train_summary.json").read_text())["resumed_from"] == 0
+  assert json.loads((edited / "eval" / "eval.json").read_text())["step"] == 2
   assert out.count("done, skipped") == 1
-  # Edited back: the first seed1 run moves back, done, and nothing trains.
+  assert [r["run"] for r in csv.DictReader((workdir / "results.csv").open())] == ["baseline",
+                                                                                   "seed1"]
+  # Edited back: the first seed1 run is found where it always was, done, and nothing trains.
   spec.write_text(TINY_SWEEP)
   monkeypatch.setattr(loop, "train", lambda *a, **k: pytest.fail("a finished run trained again"))
   assert cli.main(["sweep", str(spec), "--workdir", str(workdir)]) == 0
-  out = capsys.readouterr().out
-  assert f"moved back from {aside}" in out and out.count("done, skipped") == 2
-  assert len(list((workdir / sweep.SUPERSEDED).iterdir())) == 1  # the lr_g run, kept too
+  assert capsys.readouterr().out.count("done, skipped") == 2
 
 
 def test_a_folder_that_is_not_a_run_is_refused_before_anything_trains(tmp_path, capsys,

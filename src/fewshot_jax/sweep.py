@@ -11,10 +11,11 @@ Runners:
     A run is done when it was evaluated at its ``train.steps`` under the config it has now: the
     SHA-256 of the resolved config is kept in ``<run>/sweep_run.json``. A run that was preempted
     (SIGTERM) is not evaluated: the sweep stops there (exit 0) and the next call resumes that run
-    from its checkpoint. A run whose sweep entry was edited trains again from scratch; the
-    previous run moves to ``.superseded/<name>-<hash>`` under the sweep's workdir (and moves
-    back, finished or not, if the entry is edited back). A folder under a run's name that is
-    not a run is refused, before anything trains.
+    from its checkpoint. A run whose sweep entry was edited (anything but how it executes
+    and its ``train.steps``: more steps resume it) trains again from scratch in
+    ``<name>~<hash>``, and the previous run stays in ``<name>`` untouched (nothing is moved: a
+    folder rename is not atomic on a gcsfuse-mounted bucket). A folder under a run's name that
+    is not a run is refused, before anything trains.
     With ``--multihost`` (what ``launch_tpu.sh sweep`` runs on every worker of a slice), every
     process trains and evaluates each run together and process 0 writes the files.
   * ``tpu``: each run is handed to ``launch_tpu.sh train --foreground`` on an existing TPU VM
@@ -36,7 +37,6 @@ import importlib.util
 import io
 import json
 import math
-import os
 import pathlib
 import re
 import shlex
@@ -46,6 +46,7 @@ from typing import Any
 
 from fewshot_jax import config as config_lib
 from fewshot_jax import config_checks
+from fewshot_jax.train import resume
 from fewshot_jax.atomic_files import atomic_path, filesystem_path, write_text
 
 SWEEPS = config_lib.EXPERIMENTS / "sweeps"
@@ -107,12 +108,16 @@ def run_config(run: RunSpec, extra: Sequence[str] = ()):
 
 
 MARKER = "sweep_run.json"  # in each run's folder: which config it trains, as a hash
-SUPERSEDED = ".superseded"  # under the workdir: runs whose sweep entry was edited since
+# What an entry's run may change and stay the same run: how it executes, and its steps (more steps
+# resume it, and it is evaluated again at the new count). Any other change is another run.
+_SAME_RUN_IGNORES = resume.EXECUTION + ("train.steps",)
 
 
 def config_hash(cfg) -> str:
-  """SHA-256 of the resolved config's JSON: a run is its config's run only while this matches."""
-  return hashlib.sha256(config_lib.to_json(cfg).encode()).hexdigest()
+  """SHA-256 of what the run computes (``resume.defining_fields``): a folder holds an entry's run
+  only while this matches, so an ablation's edited learning rate never reuses the old model."""
+  fields = resume.defining_fields(cfg.to_dict(), _SAME_RUN_IGNORES)
+  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 def _read_json(path: pathlib.Path) -> Any:
@@ -130,8 +135,7 @@ def _stored_hash(rundir: pathlib.Path) -> str | None:
     return marker["config_sha256"]
   saved = _read_json(rundir / "config.json")
   if isinstance(saved, dict) and "model" in saved and "train" in saved:
-    saved.pop("runtime", None)  # facts training added; not part of the config asked for
-    return hashlib.sha256(json.dumps(saved, indent=2, sort_keys=True).encode()).hexdigest()
+    return config_hash(config_lib.from_json_dict(saved))
   return None
 
 
@@ -154,6 +158,17 @@ def _state(rundir: pathlib.Path, digest: str) -> str:
   return "same" if stored == digest else "edited"
 
 
+def run_dir(workdir: pathlib.Path, name: str, digest: str) -> pathlib.Path:
+  """Where the entry ``name`` with config hash ``digest`` trains: ``<name>``, unless that folder
+  holds the run of an earlier version of the entry, which stays where it is (nothing is moved:
+  a folder rename is not atomic on a gcsfuse-mounted bucket); then ``<name>~<hash>``. Editing
+  the entry back finds the first run in ``<name>`` again. ``~`` is not allowed in run names."""
+  primary = workdir / name
+  if _state(primary, digest) != "edited":
+    return primary
+  return workdir / f"{name}~{digest[:12]}"
+
+
 def _done(rundir: pathlib.Path, digest: str, steps: int) -> bool:
   """Evaluated at its ``steps`` under the config whose hash is ``digest``."""
   if not rundir.is_dir() or _stored_hash(rundir) != digest:
@@ -162,39 +177,15 @@ def _done(rundir: pathlib.Path, digest: str, steps: int) -> bool:
   return isinstance(ev, dict) and ev.get("step") == steps
 
 
-def _aside(workdir: pathlib.Path, name: str, digest: str) -> pathlib.Path:
-  return workdir / SUPERSEDED / f"{name}-{digest[:12]}"
-
-
-def _claim(workdir: pathlib.Path, r: RunSpec, extra: Sequence[str], digest: str) -> str:
-  """Makes ``workdir/r.name`` this config's run; returns what was done, for the log line.
-
-  An edited entry's previous run is moved aside, never deleted; this config's own earlier run
-  comes back from there if it is there.
-  """
-  rundir = workdir / r.name
-  state = _state(rundir, digest)
-  note = ""
-  if state == "edited":
-    old = _stored_hash(rundir)
-    target = _aside(workdir, r.name, old)
-    n = 1
-    while target.exists():
-      n += 1
-      target = target.with_name(f"{r.name}-{old[:12]}-{n}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(rundir, target)
-    note = f"entry edited: the previous run moved to {target}"
-    earlier = _aside(workdir, r.name, digest)
-    if earlier.is_dir() and _stored_hash(earlier) == digest:
-      os.replace(earlier, rundir)
-      note += f"; this config's run moved back from {earlier}"
+def _claim(rundir: pathlib.Path, r: RunSpec, extra: Sequence[str], digest: str) -> None:
+  """Marks ``rundir`` as this entry's run (once; the hash ignores what may change in it)."""
+  if _state(rundir, digest) == "edited":  # run_dir chose it: only a race could get here
+    raise ValueError(f"{rundir}: holds another config's run")
   if _read_json(rundir / MARKER) is None:
     rundir.mkdir(parents=True, exist_ok=True)
     write_text(rundir / MARKER, json.dumps({
         "name": r.name, "config": r.config, "overrides": list(r.overrides),
         "extra_overrides": list(extra), "config_sha256": digest}, indent=2) + "\n")
-  return note
 
 
 def _sync(name: str) -> None:
@@ -224,14 +215,16 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
     except ValueError as e:
       raise ValueError(f"sweep run {r.name!r}: {e}") from e
   digests = [config_hash(cfg) for cfg in configs]
-  states = [_state(workdir / r.name, d) for r, d in zip(runs, digests)]
+  rundirs = [run_dir(workdir, r.name, d) for r, d in zip(runs, digests)]
+  states = [_state(p, d) for p, d in zip(rundirs, digests)]
   if dry_run:
-    for r, cfg, d, state in zip(runs, configs, digests, states):
-      state = ("done" if _done(workdir / r.name, d, cfg.train.steps) else
-               {"new": "to run", "same": "to resume",
-                "edited": "entry edited: to run again"}[state])
+    for r, cfg, d, rundir, state in zip(runs, configs, digests, rundirs, states):
+      edited = rundir.name != r.name
+      state = ("done" if _done(rundir, d, cfg.train.steps) else
+               "entry edited: to run again" if edited and state == "new" else
+               {"new": "to run", "same": "to resume"}[state])
       print(f"{r.name}: {r.config} {' '.join(r.overrides + tuple(extra))} "
-            f"({cfg.train.steps} steps, {state}) -> {workdir / r.name}")
+            f"({cfg.train.steps} steps, {state}) -> {rundir}")
     return []
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -243,13 +236,13 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
   # Multi-host (launch_tpu.sh sweep): every process trains and evaluates each run together;
   # process 0 writes the evaluation and the results.
   lead = jax.process_index() == 0
-  for i, (r, cfg, digest) in enumerate(zip(runs, configs, digests)):
-    rundir = workdir / r.name
+  for i, (r, cfg, digest, rundir) in enumerate(zip(runs, configs, digests, rundirs)):
     head = f"sweep {i + 1}/{len(runs)} {r.name}"
+    if rundir.name != r.name:
+      print(f"{head}: entry edited since {workdir / r.name} was trained; that run stays, this "
+            f"one trains in {rundir}", flush=True)
     if lead:
-      note = _claim(workdir, r, extra, digest)
-      if note:
-        print(f"{head}: {note}", flush=True)
+      _claim(rundir, r, extra, digest)
     _sync(f"sweep claim {r.name}")
     if _done(rundir, digest, cfg.train.steps):
       print(f"{head}: done, skipped", flush=True)
@@ -314,9 +307,11 @@ def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str]
   rows = []
   for r in runs:
     cfg = run_config(r, extra)
-    if not _done(workdir / r.name, config_hash(cfg), cfg.train.steps):
+    digest = config_hash(cfg)
+    rundir = run_dir(workdir, r.name, digest)
+    if not _done(rundir, digest, cfg.train.steps):
       continue
-    path = workdir / r.name / "eval" / "eval.json"
+    path = rundir / "eval" / "eval.json"
     ev = json.loads(path.read_text())
     row: dict[str, Any] = {"run": r.name, "config": r.config,
                            "overrides": " ".join(r.overrides), "step": ev["step"]}

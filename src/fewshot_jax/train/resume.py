@@ -32,15 +32,19 @@ log = logging.getLogger("fewshot_jax")
 
 CHANGES_FILE = "config_changes.jsonl"
 
-# Fields a resumed run may change; a name ending in "." allows its whole section.
-MAY_CHANGE = (
-    "train.steps", "train.lr_g", "train.lr_d",
+# Fields that change how a run executes, never what it computes (up to rounding): logging and
+# checkpoint cadence, the mesh, bf16, remat, input workers, and where the same shards are read
+# from (a copy in a bucket; the videos themselves are checked through their count below). A sweep
+# ignores them too when it asks whether an entry was edited (sweep.config_hash).
+EXECUTION = (
     "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
     "train.sample_every", "train.eval_every",
     "train.mesh_shape", "train.mesh_axes", "train.compute_dtype", "train.remat",
-    # Where the same shards are read from (a copy in a bucket), and how fast: the videos
-    # themselves are checked through their count and image size below.
     "data.data_dir", "data.workers", "data.prefetch",
+)
+# Fields a resumed run may change; a name ending in "." allows its whole section.
+MAY_CHANGE = EXECUTION + (
+    "train.steps", "train.lr_g", "train.lr_d",
     "data.eval_split", "data.num_eval_videos",
     "eval.", "finetune.",
 )
@@ -60,8 +64,19 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _matches(field: str, names: tuple[str, ...]) -> bool:
+  return any(field == f or (f.endswith(".") and field.startswith(f)) for f in names)
+
+
 def _may_change(field: str) -> bool:
-  return any(field == f or (f.endswith(".") and field.startswith(f)) for f in MAY_CHANGE)
+  return _matches(field, MAY_CHANGE)
+
+
+def defining_fields(config: dict[str, Any], ignore: tuple[str, ...] = EXECUTION) -> dict[str, Any]:
+  """The flattened config without ``runtime`` and without the ``ignore`` fields: what a run
+  computes, for comparing two configs as runs."""
+  return {k: v for k, v in sorted(_flatten(config).items())
+          if not k.startswith("runtime.") and not _matches(k, ignore)}
 
 
 def config_changes(requested: ml_collections.ConfigDict,
