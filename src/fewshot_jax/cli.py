@@ -126,6 +126,9 @@ def cmd_convert_weights(args: argparse.Namespace, overrides: Sequence[str]) -> i
   if args.kind == "inception":
     from fewshot_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
     fid.convert_checkpoint(args.src, args.dst)
+  elif args.kind == "arcface":
+    from fewshot_jax.evaluation import arcface  # pylint: disable=g-import-not-at-top
+    arcface.convert_checkpoint(args.src, args.dst)
   else:
     from fewshot_jax.models import perceptual  # pylint: disable=g-import-not-at-top
     perceptual.convert_checkpoint(args.kind, args.src, args.dst)
@@ -204,6 +207,29 @@ def cmd_data_verify(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   return 0 if report["ok"] else 1
 
 
+def _check_csim_options(args: argparse.Namespace, off: str) -> None:
+  """``--csim-embedder`` / ``--arcface-weights`` agree with each other and with the face metrics
+  (``off``: the flag that switched them off), before anything loads."""
+  if args.csim_embedder == "arcface":
+    if not args.face_metrics:
+      raise ValueError(f"--csim-embedder arcface: CSIM is off ({off})")
+    if not args.arcface_weights:
+      raise ValueError("--csim-embedder arcface needs --arcface-weights FILE (from `fewshot-jax "
+                       "convert-weights --kind arcface`)")
+  elif args.arcface_weights:
+    raise ValueError("--arcface-weights is read only with --csim-embedder arcface (got "
+                     f"{args.csim_embedder})")
+  if args.arcface_weights:
+    output_paths.check_input_file(args.arcface_weights, "--arcface-weights", (".safetensors",))
+
+
+def _add_csim_args(p: argparse.ArgumentParser) -> None:
+  p.add_argument("--csim-embedder", choices=("dlib", "arcface"), default="dlib",
+                 help="CSIM's face network: dlib (offline) or arcface (the paper's; needs "
+                 "--arcface-weights); tables name it")
+  p.add_argument("--arcface-weights", help="IR-SE50 weights (convert-weights --kind arcface)")
+
+
 def cmd_evaluate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.evaluation import report  # pylint: disable=g-import-not-at-top
 
@@ -212,10 +238,11 @@ def cmd_evaluate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     raise ValueError(f"--max-videos {args.max_videos}: expected at least 1")
   if args.fid_weights:
     output_paths.check_input_file(args.fid_weights, "--fid-weights", (".safetensors",))
+  _check_csim_options(args, "--no-face-metrics")
   result = report.evaluate_command(
       args.checkpoint, args.data_dir, args.dataset, args.split, report.parse_list(args.shots),
       report.parse_list(args.methods, str), args.out, args.face_metrics, args.landmarks,
-      args.max_videos, overrides, args.fid_weights)
+      args.max_videos, overrides, args.fid_weights, args.csim_embedder, args.arcface_weights)
   print((pathlib.Path(args.out) / "table.md").read_text())
   print(json.dumps({"out": args.out, "seconds": result["seconds"]}))
   return 0
@@ -227,6 +254,7 @@ def cmd_sweep(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   runs = sweep.load_sweep(args.sweep)
   if args.fid_weights:
     output_paths.check_input_file(args.fid_weights, "--fid-weights", (".safetensors",))
+  _check_csim_options(args, "no --face-metrics")
   if args.runner == "tpu":
     tpu = {"name": args.tpu_name, "zone": args.zone, "project": args.project}
     sweep.run_tpu(runs, args.workdir, tpu, overrides, dry_run=args.dry_run)
@@ -234,7 +262,8 @@ def cmd_sweep(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   if not args.dry_run:
     _init_distributed(args)
   rows = sweep.run_local(runs, args.workdir, overrides, face_metrics=args.face_metrics,
-                         fid_weights=args.fid_weights, dry_run=args.dry_run)
+                         fid_weights=args.fid_weights, dry_run=args.dry_run,
+                         csim_embedder=args.csim_embedder, arcface_weights=args.arcface_weights)
   if rows:
     print((pathlib.Path(args.workdir) / "results.md").read_text())
   return 0
@@ -276,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
                  help="CSIM, NME and AKD (needs dlib)")
   p.add_argument("--landmarks", choices=("dlib", "fan"), default="dlib")
   p.add_argument("--fid-weights", help="FID Inception weights (convert-weights --kind inception)")
+  _add_csim_args(p)
   p.set_defaults(func=cmd_evaluate)
 
   p = sub.add_parser("sweep", help="train and evaluate every run of experiments/sweeps/SWEEP.py")
@@ -286,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=False,
                  help="local: CSIM/NME/AKD in each run's evaluation (needs dlib)")
   p.add_argument("--fid-weights", help="local: FID in each run's evaluation (see evaluate)")
+  _add_csim_args(p)
   p.add_argument("--tpu-name", help="tpu: the TPU VM (see launch_tpu.sh create)")
   p.add_argument("--zone")
   p.add_argument("--project")
@@ -293,9 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_sweep)
 
   p = sub.add_parser("convert-weights",
-                     help="convert PyTorch VGG or FID Inception weights to safetensors")
-  p.add_argument("--kind", choices=("vgg19", "vggface", "inception"), required=True,
-                 help="inception: pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+                     help="convert PyTorch VGG, FID Inception or ArcFace weights to safetensors")
+  p.add_argument("--kind", choices=("vgg19", "vggface", "inception", "arcface"), required=True,
+                 help="inception: pytorch-fid's pt_inception-2015-12-05-6726825d.pth; arcface: "
+                 "an IR-SE50 state dict such as model_ir_se50.pth")
   p.add_argument("--src", required=True, help=".pth state dict (read with weights_only=True)")
   p.add_argument("--dst", required=True, help="output .safetensors")
   p.set_defaults(func=cmd_convert_weights)

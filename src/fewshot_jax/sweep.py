@@ -199,7 +199,8 @@ def _sync(name: str) -> None:
 
 def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Sequence[str] = (),
               face_metrics: bool = False, fid_weights: str | None = None,
-              dry_run: bool = False) -> list[dict[str, Any]]:
+              dry_run: bool = False, csim_embedder: str = "dlib",
+              arcface_weights: str | None = None) -> list[dict[str, Any]]:
   """Trains and evaluates each run in turn (skipping finished ones); returns the results rows,
   or ``[]`` when a run was preempted (the sweep stops; calling it again resumes that run).
 
@@ -263,7 +264,8 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
                        f"{cfg.train.steps}; it was trained outside this sweep entry")
     frames, points = heldout_arrays(held)
     settings = report.EvalSettings(tuple(cfg.eval.shots), ("ff", "ft"), face_metrics,
-                                   fid_weights=fid_weights)
+                                   fid_weights=fid_weights, csim_embedder=csim_embedder,
+                                   arcface_weights=arcface_weights)
     report.evaluate(load_run(rundir), frames, points, settings, rundir / "eval",
                     data_description=f"{cfg.data.source} held-out videos", write=lead)
   return collect(runs, workdir, extra) if lead else []

@@ -1,9 +1,12 @@
 """Metrics that need a face model: identity similarity (CSIM) and landmark error (NME, AKD).
 
 * **CSIM** is the cosine similarity of face-recognition embeddings of a generated frame and its
-  ground truth (paper §4). The embedder is pluggable (``FaceEmbedder``); the shipped one is dlib's
-  128-d ResNet descriptor from the ``face-recognition-models`` package, which works offline. An
-  ArcFace embedder (the paper's choice) plugs in where its weights exist.
+  ground truth (paper §4). The embedder is pluggable (``FaceEmbedder``, built by ``make_embedder``):
+  ``dlib`` (the default) is dlib's 128-d ResNet descriptor from the ``face-recognition-models``
+  package, which works offline; ``arcface`` is the paper's network (IR-SE50, ``arcface.py``), from
+  weights converted once with ``convert-weights --kind arcface``. The two give numbers on different
+  scales (dlib's is about 0.8 between two different people), so every report names the embedder
+  (``csim_label``: "CSIM (ArcFace)" or "CSIM (dlib)"); only ArcFace's stands next to the paper's.
 * **Landmark error** runs a landmark backend on both frames. **NME** is the mean point-to-point
   distance divided by the ground truth's inter-ocular distance (outer eye corners, points 36 and
   45); **AKD** is the mean distance in pixels. A generated frame in which no face is found has no
@@ -18,6 +21,8 @@ be.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -32,11 +37,62 @@ LEFT_EYE_OUTER, RIGHT_EYE_OUTER = 36, 45
 class FaceEmbedder(Protocol):
   """Maps a face (an RGB frame and the face's 68 landmarks in it) to an identity embedding."""
 
-  name: str
+  name: str  # the network and its settings, recorded in eval.json
+  label: str  # what tables and plots call it: "CSIM (<label>)"
 
   def embed(self, frame: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """A 1-D embedding of the face at ``landmarks`` (f32 ``[68, 2]``) in ``frame``."""
     ...
+
+  def embed_many(self, frames: Sequence[np.ndarray],
+                 landmarks: Sequence[np.ndarray]) -> np.ndarray:
+    """``[N, D]`` embeddings, one per (frame, landmarks) pair: a network batches them."""
+    ...
+
+
+EMBEDDERS = ("dlib", "arcface")
+_LABELS = {"dlib": "dlib", "arcface": "ArcFace"}
+
+
+def csim_label(kind: str) -> str:
+  """The CSIM column's name for embedder ``kind``: "CSIM (ArcFace)" or "CSIM (dlib)"."""
+  if kind not in _LABELS:
+    raise ValueError(f"CSIM embedder {kind!r}: expected one of {EMBEDDERS}")
+  return f"CSIM ({_LABELS[kind]})"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+  """SHA-256 of a weights file: which weights made a CSIM, beyond the file's name."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def make_embedder(kind: str, arcface_weights: str | os.PathLike | None = None) -> FaceEmbedder:
+  """The CSIM embedder ``kind`` (``EMBEDDERS``); ``arcface`` reads ``arcface_weights``.
+
+  Raises:
+    ValueError: an unknown kind, or arcface without weights (or weights for dlib).
+    FileNotFoundError: naming a missing weights file.
+  """
+  csim_label(kind)
+  if kind == "dlib":
+    if arcface_weights:
+      raise ValueError(f"ArcFace weights {os.fspath(arcface_weights)} given for the dlib embedder")
+    return DlibFaceEmbedder()
+  if not arcface_weights:
+    raise ValueError("the arcface CSIM embedder needs its weights (convert-weights --kind arcface)")
+  from fewshot_jax.evaluation.arcface import ArcFaceEmbedder  # pylint: disable=g-import-not-at-top
+  return ArcFaceEmbedder(arcface_weights)
+
+
+def embedder_record(kind: str, embedder: FaceEmbedder) -> dict[str, object]:
+  """What eval.json says about the CSIM embedder: its kind, label, network and weights file."""
+  path = getattr(embedder, "path", None)
+  return {"csim": embedder.name, "csim_embedder": kind, "csim_label": csim_label(kind),
+          "csim_weights": ({"path": path, "sha256": file_sha256(path)} if path else None)}
 
 
 class DlibFaceEmbedder:
@@ -47,6 +103,7 @@ class DlibFaceEmbedder:
   """
 
   name = "dlib-resnet-v1"
+  label = "dlib"
 
   def __init__(self, model_path: str | None = None, jitter: int = 0):
     import dlib  # pylint: disable=g-import-not-at-top
@@ -66,6 +123,10 @@ class DlibFaceEmbedder:
     shape = self._dlib.full_object_detection(
         box, [self._dlib.point(int(round(x)), int(round(y))) for x, y in five])
     return np.asarray(self._net.compute_face_descriptor(frame, shape, self.jitter), np.float32)
+
+  def embed_many(self, frames: Sequence[np.ndarray],
+                 landmarks: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack([self.embed(f, p) for f, p in zip(frames, landmarks)])
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -127,16 +188,14 @@ class Reference:
 def references(reals: Sequence[np.ndarray], backend: LandmarkBackend,
                embedder: FaceEmbedder | None) -> list[Reference]:
   """Detects the face in each ground-truth frame (the first found) and embeds it."""
-  out = []
-  for real in reals:
-    truth = backend.detect(real)
-    if not truth:
-      out.append(Reference(None, None))
-      continue
-    face = truth[0]
-    emb = embedder.embed(real, face.landmarks) if embedder is not None else None
-    out.append(Reference(face, emb))
-  return out
+  faces = [next(iter(backend.detect(real)), None) for real in reals]
+  found = [i for i, face in enumerate(faces) if face is not None]
+  embs: list[np.ndarray | None] = [None] * len(faces)
+  if embedder is not None and found:
+    got = embedder.embed_many([reals[i] for i in found], [faces[i].landmarks for i in found])
+    for i, e in zip(found, got):
+      embs[i] = e
+  return [Reference(face, emb) for face, emb in zip(faces, embs)]
 
 
 def face_scores(
@@ -161,14 +220,16 @@ def face_scores(
   csim, nme, akd = (np.full(n, np.nan) for _ in range(3))
   detected = np.zeros(n, bool)
   reference = np.zeros(n, bool)
-  for i, (fake, ref) in enumerate(zip(fakes, refs)):
-    if ref.face is None:
-      continue
-    reference[i] = True
-    if embedder is not None:
-      # Both faces are aligned by the ground truth's landmarks: in self-reenactment that is where
-      # the generated face must be, so CSIM does not depend on detecting it.
-      csim[i] = cosine(embedder.embed(fake, ref.face.landmarks), ref.embedding)
+  usable = [i for i, ref in enumerate(refs) if ref.face is not None]
+  reference[usable] = True
+  if embedder is not None and usable:
+    # Both faces are aligned by the ground truth's landmarks: in self-reenactment that is where
+    # the generated face must be, so CSIM does not depend on detecting it.
+    embs = embedder.embed_many([fakes[i] for i in usable], [refs[i].face.landmarks for i in usable])
+    for i, e in zip(usable, embs):
+      csim[i] = cosine(e, refs[i].embedding)
+  for i in usable:
+    fake, ref = fakes[i], refs[i]
     got = _face_near(backend, fake, ref.face.box)
     if got is None:
       continue

@@ -6,7 +6,9 @@ the second), every generated target is scored against its ground truth:
 * SSIM, PSNR and L1 on images in [0, 1];
 * FID (``fid``) over all of a method's generated targets against the real ones, when the FID
   Inception weights are given;
-* CSIM, NME and AKD with a face model (``face_metrics``), unless switched off. Frames smaller than
+* CSIM, NME and AKD with a face model (``face_metrics``), unless switched off. CSIM's embedder
+  (``csim_embedder``: ``dlib``, the offline default, or ``arcface``, the paper's) is named in
+  eval.json and in every column title ("CSIM (ArcFace)"), since their scales differ. Frames smaller than
   ``FACE_MIN_SIZE`` are upscaled (bicubic) first, because dlib's HOG detector does not find faces
   much under 80 px; AKD is reported in the model's own pixels.
 
@@ -54,6 +56,8 @@ class EvalSettings:
   face_metrics: bool = True
   landmarks: str = "dlib"
   fid_weights: str | None = None  # a `convert-weights --kind inception` file; None: no FID
+  csim_embedder: str = "dlib"  # face_metrics.EMBEDDERS
+  arcface_weights: str | None = None  # a `convert-weights --kind arcface` file (csim_embedder)
 
 
 def _upscaled(frames: np.ndarray, factor: int) -> list[np.ndarray]:
@@ -136,10 +140,11 @@ def evaluate(
   t0 = time.perf_counter()
   backend = embedder = None
   if settings.face_metrics:
-    from fewshot_jax.evaluation.face_metrics import DlibFaceEmbedder  # pylint: disable=g-import-not-at-top
+    from fewshot_jax.evaluation import face_metrics  # pylint: disable=g-import-not-at-top
     from fewshot_jax.prep.backends import make_backend  # pylint: disable=g-import-not-at-top
+    # Loaded first, so a bad weights file fails before hours of work.
+    embedder = face_metrics.make_embedder(settings.csim_embedder, settings.arcface_weights)
     backend = make_backend(settings.landmarks)
-    embedder = DlibFaceEmbedder()
   inception = None
   if settings.fid_weights:  # loaded first, so a bad file fails before hours of work
     from fewshot_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
@@ -170,7 +175,8 @@ def evaluate(
       "targets_per_video": int(cfg.eval.targets_per_video),
       "shots": list(settings.shots), "methods": list(settings.methods),
       "finetune_steps": int(cfg.finetune.steps),
-      "face_metrics": ({"landmarks": backend.version, "csim": embedder.name,
+      "face_metrics": ({"landmarks": backend.version,
+                        **face_metrics.embedder_record(settings.csim_embedder, embedder),
                         "upscaled_to_at_least": FACE_MIN_SIZE} if backend else None),
       "fid": ({"weights": inception.path, "network": fid.KIND, "real_frames": int(len(real))}
               if inception is not None else None),
@@ -199,10 +205,21 @@ def _finite_or_null(tree: Any) -> Any:
   return tree
 
 
+def report_columns(report: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+  """The ``COLUMNS`` that ``report`` has values for, CSIM's titled with its embedder
+  ("CSIM (ArcFace) ↑"): a table or plot never shows a bare "CSIM"."""
+  face = report.get("face_metrics") or {}
+  label = face.get("csim_label") or f"CSIM ({face.get('csim', 'unknown embedder')})"
+  cols = []
+  for key, title, fmt, up in COLUMNS:
+    if any(key in m for per_k in report["results"].values() for m in per_k.values()):
+      cols.append((key, f"{label} ↑" if key == "csim" else title, fmt, up))
+  return cols
+
+
 def format_table(report: dict[str, Any]) -> str:
   """Markdown in the shape of the paper's Table 1: one row per method and K."""
-  cols = [c for c in COLUMNS
-          if any(c[0] in m for per_k in report["results"].values() for m in per_k.values())]
+  cols = report_columns(report)
   lines = ["| method | K | " + " | ".join(c[1] for c in cols) + " |",
            "|---|---|" + "---|" * len(cols)]
   for method in report["methods"]:
@@ -226,8 +243,7 @@ def plot_metrics(report: dict[str, Any], path: pathlib.Path) -> None:
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   ks = [int(k[1:]) for k in report["results"]]
-  first = next(iter(report["results"].values()))
-  cols = [c for c in COLUMNS if any(c[0] in m for m in first.values())]
+  cols = report_columns(report)
   fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.0), squeeze=False)
   for ax, (key, title, _, _) in zip(axes[0], cols):
     for method in report["methods"]:
@@ -256,7 +272,8 @@ def parse_list(text: str, kind: type = int) -> tuple[Any, ...]:
 def evaluate_command(checkpoint: str, data_dir: str, dataset: str, split: str, shots: Sequence[int],
                      methods: Sequence[str], out: str, face: bool, landmarks: str,
                      max_videos: int | None, overrides: Sequence[str],
-                     fid_weights: str | None = None) -> dict[str, Any]:
+                     fid_weights: str | None = None, csim_embedder: str = "dlib",
+                     arcface_weights: str | None = None) -> dict[str, Any]:
   """What ``fewshot-jax evaluate`` runs: load, read the held-out split, evaluate, write."""
   from fewshot_jax.data import shards  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
@@ -269,5 +286,6 @@ def evaluate_command(checkpoint: str, data_dir: str, dataset: str, split: str, s
     raise ValueError(f"{directory}: frames are {held['frames'].shape[2]} px, the checkpoint's "
                      f"model.image_size is {size}")
   return evaluate(run, held["frames"], held["landmarks"],
-                  EvalSettings(tuple(shots), tuple(methods), face, landmarks, fid_weights), out,
+                  EvalSettings(tuple(shots), tuple(methods), face, landmarks, fid_weights,
+                               csim_embedder, arcface_weights), out,
                   data_description=f"{directory} split {split}")
