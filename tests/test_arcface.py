@@ -182,6 +182,12 @@ def test_evaluate_refuses_mismatched_embedder_options(tmp_path, capsys):
     assert cli.main(base + list(extra)) == 2
     assert message in capsys.readouterr().err.splitlines()[0], extra
   assert not (tmp_path / "eval").exists()
+  # A sweep checks the same before any run trains (its face metrics are off unless asked for).
+  assert cli.main(["sweep", "cpu_ablations", "--workdir", str(tmp_path / "sweep"),
+                   "--csim-embedder", "arcface", "--arcface-weights", "w.safetensors"]) == 2
+  assert ("fewshot-jax sweep: error: --csim-embedder arcface: CSIM is off (no --face-metrics)"
+          == capsys.readouterr().err.splitlines()[0])
+  assert not (tmp_path / "sweep").exists()
 
 
 def _carphone_videos() -> tuple[np.ndarray, np.ndarray]:
@@ -228,3 +234,38 @@ def test_every_report_names_the_csim_embedder(converted, tmp_path):
       assert ev["face_metrics"]["csim"] == "arcface-ir-se50 (bgr)"
       assert ev["face_metrics"]["csim_weights"]["sha256"] == face_metrics.file_sha256(weights)
       assert math.isfinite(row["csim"])
+
+
+def test_sweep_results_keep_each_embedders_csim_in_its_own_labelled_column(tmp_path):
+  """A sweep whose runs were evaluated with different embedders (one with ArcFace, one by an
+  older build with dlib, whose eval.json has no label) never puts their CSIMs in one column."""
+  import csv  # pylint: disable=g-import-not-at-top
+
+  from fewshot_jax import sweep  # pylint: disable=g-import-not-at-top
+
+  spec = tmp_path / "two.py"
+  spec.write_text("def get_sweep(arg=None):\n  return [{'name': 'a', 'config': 'demo_64'}, "
+                  "{'name': 'b', 'config': 'demo_64', 'overrides': ['seed=1']}]\n")
+  runs = sweep.load_sweep(str(spec))
+  workdir = tmp_path / "sweep"
+  records = {"a": {"csim": "arcface-ir-se50 (bgr)", "csim_embedder": "arcface",
+                   "csim_label": "CSIM (ArcFace)"},
+             "b": {"csim": "dlib-resnet-v1"}}
+  for r, csim in zip(runs, (0.412, 0.873)):
+    cfg = sweep.run_config(r)
+    (workdir / r.name / "eval").mkdir(parents=True)
+    (workdir / r.name / sweep.MARKER).write_text(
+        json.dumps({"config_sha256": sweep.config_hash(cfg)}))
+    row = {"ssim": 0.5, "psnr": 20.0, "csim": csim}
+    (workdir / r.name / "eval" / "eval.json").write_text(json.dumps({
+        "step": cfg.train.steps, "face_metrics": records[r.name],
+        "results": {"k1": {"ff": row, "ft": row}}}))
+  assert [row["run"] for row in sweep.collect(runs, workdir)] == ["a", "b"]
+  head, _, a, b = ([cell.strip() for cell in line.strip("|").split("|")]
+                   for line in (workdir / "results.md").read_text().splitlines())
+  columns = dict(zip(head, zip(a, b)))
+  assert columns["FF CSIM (ArcFace) K=1"] == ("0.412", "–")
+  assert columns["FT CSIM (dlib) K=1"] == ("–", "0.873")
+  assert not [h for h in head if h.startswith(("FF CSIM K", "FT CSIM K"))]
+  rows = list(csv.DictReader((workdir / "results.csv").open()))
+  assert [r["csim_embedder"] for r in rows] == ["CSIM (ArcFace)", "CSIM (dlib)"]

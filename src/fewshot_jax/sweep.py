@@ -306,6 +306,8 @@ def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str]
             ) -> list[dict[str, Any]]:
   """Reads every finished run's eval.json (evaluated at its steps, under its current config);
   writes results.csv, results.md and results.png."""
+  from fewshot_jax.evaluation.face_metrics import label_of  # pylint: disable=g-import-not-at-top
+
   rows = []
   for r in runs:
     cfg = run_config(r, extra)
@@ -316,7 +318,8 @@ def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str]
     path = rundir / "eval" / "eval.json"
     ev = json.loads(path.read_text())
     row: dict[str, Any] = {"run": r.name, "config": r.config,
-                           "overrides": " ".join(r.overrides), "step": ev["step"]}
+                           "overrides": " ".join(r.overrides), "step": ev["step"],
+                           "csim_embedder": label_of(ev.get("face_metrics")) or ""}
     for k, per_method in ev["results"].items():
       for method, values in per_method.items():
         for metric, value in values.items():
@@ -332,6 +335,11 @@ def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str]
   write_text(workdir / "results.csv", buf.getvalue())
   ks = sorted({int(key.split("_")[0][1:]) for key in fields if re.match(r"^k\d+_", key)})
   head = [f"{m.upper()} {metric.upper()} K={k}" for k in ks for m, metric in _SHOWN]
+  # CSIM columns are per embedder: runs evaluated with ArcFace and with dlib never share one.
+  csim = [(label, m, k) for label in dict.fromkeys(row["csim_embedder"] for row in rows) if label
+          for k in ks for m in ("ff", "ft")
+          if any(row["csim_embedder"] == label and f"k{k}_{m}_csim" in row for row in rows)]
+  head += [f"{m.upper()} {label} K={k}" for label, m, k in csim]
   lines = ["| run | steps | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
   for row in rows:
     cells = []
@@ -340,6 +348,9 @@ def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str]
         v = row.get(f"k{k}_{m}_{metric}")
         cells.append("–" if v is None or not math.isfinite(v) else
                      (f"{v:.3f}" if metric == "ssim" else f"{v:.2f}"))
+    for label, m, k in csim:
+      v = row.get(f"k{k}_{m}_csim") if row["csim_embedder"] == label else None
+      cells.append("–" if v is None or not math.isfinite(v) else f"{v:.3f}")
     lines.append(f"| {row['run']} | {row['step']} | " + " | ".join(cells) + " |")
   write_text(workdir / "results.md", "\n".join(lines) + "\n")
   _plot(rows, ks, workdir / "results.png")

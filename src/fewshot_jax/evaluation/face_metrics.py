@@ -61,6 +61,17 @@ def csim_label(kind: str) -> str:
   return f"CSIM ({_LABELS[kind]})"
 
 
+def label_of(record: dict[str, object] | None) -> str | None:
+  """The CSIM label of an eval.json's ``face_metrics`` record (None: no face metrics). Reports
+  written before the embedder was pluggable used dlib's, and say so by its network's name."""
+  if not record:
+    return None
+  if record.get("csim_label"):
+    return str(record["csim_label"])
+  name = str(record.get("csim", ""))
+  return csim_label("dlib") if name.startswith("dlib") else f"CSIM ({name or 'unknown embedder'})"
+
+
 def file_sha256(path: str | os.PathLike) -> str:
   """SHA-256 of a weights file: which weights made a CSIM, beyond the file's name."""
   digest = hashlib.sha256()

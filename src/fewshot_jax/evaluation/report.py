@@ -208,8 +208,9 @@ def _finite_or_null(tree: Any) -> Any:
 def report_columns(report: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
   """The ``COLUMNS`` that ``report`` has values for, CSIM's titled with its embedder
   ("CSIM (ArcFace) ↑"): a table or plot never shows a bare "CSIM"."""
-  face = report.get("face_metrics") or {}
-  label = face.get("csim_label") or f"CSIM ({face.get('csim', 'unknown embedder')})"
+  from fewshot_jax.evaluation.face_metrics import label_of  # pylint: disable=g-import-not-at-top
+
+  label = label_of(report.get("face_metrics")) or "CSIM (unknown embedder)"
   cols = []
   for key, title, fmt, up in COLUMNS:
     if any(key in m for per_k in report["results"].values() for m in per_k.values()):
