@@ -96,7 +96,8 @@ def test_ir_se50_matches_torch_through_the_pth_conversion(converted):
   embedder = arcface.ArcFaceEmbedder(path, batch=2)  # 3 crops: a padded second batch
   got = embedder.embed_crops(crops)
   # The reference sees what the port was trained on: BGR, NCHW, in [-1, 1].
-  x = torch.from_numpy((crops[..., ::-1].astype(np.float32) / 127.5 - 1).transpose(0, 3, 1, 2).copy())
+  bgr = crops[..., ::-1].astype(np.float32) / 127.5 - 1
+  x = torch.from_numpy(bgr.transpose(0, 3, 1, 2).copy())
   with torch.no_grad():
     want = model(x).numpy()
   assert got.shape == want.shape == (3, arcface.FEATURES)
