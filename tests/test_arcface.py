@@ -163,6 +163,25 @@ def test_wrong_files_are_named(tmp_path, capsys):
                    {k: np.zeros(s, np.float32) for k, s in shapes.items()})
   with pytest.raises(ValueError, match="holds inception-fid-2015 weights, not arcface-ir-se50"):
     arcface.load_weights(tmp_path / "inception.safetensors")
+  # evaluate reads the header before it loads the checkpoint or the data (neither exists here).
+  assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "no_run"), "--data-dir",
+                   str(tmp_path), "--out", str(tmp_path / "eval"), "--csim-embedder", "arcface",
+                   "--arcface-weights", str(tmp_path / "inception.safetensors")]) == 2
+  assert (f"{tmp_path / 'inception.safetensors'} holds inception-fid-2015 weights, not "
+          "arcface-ir-se50" in capsys.readouterr().err.splitlines()[0])
+  # A file with the right tag and a tensor missing or of the wrong shape, from its header alone.
+  good = {k: np.zeros(s, np.float32) for k, s in arcface.expected_shapes().items()}
+  arcface.save_weights(tmp_path / "ok.safetensors", good)
+  arcface.check_weights(tmp_path / "ok.safetensors")
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  bad = {**good, "output_layer.3.weight": np.zeros((512, 512), np.float32)}
+  (tmp_path / "bad.safetensors").write_bytes(safetensors.numpy.save(bad, {"kind": arcface.KIND}))
+  with pytest.raises(ValueError, match=r"'output_layer.3.weight' has shape \(512, 512\), "
+                     r"expected \(512, 25088\)"):
+    arcface.check_weights(tmp_path / "bad.safetensors")
+  (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+  with pytest.raises(ValueError, match="cannot read .*junk.safetensors as safetensors"):
+    arcface.check_weights(tmp_path / "junk.safetensors")
 
 
 def test_evaluate_refuses_mismatched_embedder_options(tmp_path, capsys):

@@ -221,6 +221,8 @@ def _check_csim_options(args: argparse.Namespace, off: str) -> None:
                      f"{args.csim_embedder})")
   if args.arcface_weights:
     output_paths.check_input_file(args.arcface_weights, "--arcface-weights", (".safetensors",))
+    from fewshot_jax.evaluation import arcface  # pylint: disable=g-import-not-at-top
+    arcface.check_weights(args.arcface_weights)  # its header: a wrong file fails before any work
 
 
 def _add_csim_args(p: argparse.ArgumentParser) -> None:

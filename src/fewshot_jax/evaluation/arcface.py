@@ -124,6 +124,45 @@ def _fold(flat: Mapping[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.n
   return scale, flat[f"{prefix}.bias"] - flat[f"{prefix}.running_mean"] * scale
 
 
+def _read(path: str | os.PathLike, tensors: bool) -> dict[str, Any]:
+  """The file's ``{name: array}`` (or, with ``tensors=False``, ``{name: shape-bearing slice}``,
+  reading only the header) after checking its tag and shapes; errors name ``path``."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"ArcFace weights not found: {path} (make them with `fewshot-jax "
+                            "convert-weights --kind arcface --src model_ir_se50.pth --dst FILE`)")
+  try:
+    with safetensors.safe_open(path, framework="numpy") as f:
+      kind = (f.metadata() or {}).get("kind")
+      if kind != KIND:
+        raise ValueError(f"{path} holds {kind or 'untagged'} weights, not {KIND} (convert them "
+                         "with `fewshot-jax convert-weights --kind arcface`)")
+      flat = {k: (f.get_tensor(k) if tensors else _Shape(f.get_slice(k).get_shape()))
+              for k in f.keys()}
+  except ValueError:
+    raise
+  except Exception as e:  # safetensors raises its own error types for corrupt headers
+    raise ValueError(f"cannot read {path} as safetensors: {e}") from e
+  _check(flat, path)
+  return flat
+
+
+class _Shape:
+  """Stands in for an array where only its shape is checked."""
+
+  def __init__(self, shape: Sequence[int]):
+    self.shape = tuple(shape)
+
+
+def check_weights(path: str | os.PathLike) -> None:
+  """Checks a weights file from its header alone (cheap: before a long evaluation starts).
+
+  Raises:
+    FileNotFoundError / ValueError: naming ``path``.
+  """
+  _read(path, tensors=False)
+
+
 def load_weights(path: str | os.PathLike) -> dict[str, jax.Array]:
   """The network's parameters from a ``convert_checkpoint`` file: convs in HWIO, batch norms as
   ``scale``/``shift``, the linear layer's rows reordered from PyTorch's (C, H, W) flattening to
@@ -132,20 +171,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, jax.Array]:
   Raises:
     FileNotFoundError / ValueError: naming ``path``.
   """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"ArcFace weights not found: {path} (make them with `fewshot-jax "
-                            "convert-weights --kind arcface --src model_ir_se50.pth --dst FILE`)")
-  try:
-    with safetensors.safe_open(path, framework="numpy") as f:
-      kind = (f.metadata() or {}).get("kind")
-      flat = {k: f.get_tensor(k) for k in f.keys()}
-  except Exception as e:  # safetensors raises its own error types for corrupt headers
-    raise ValueError(f"cannot read {path} as safetensors: {e}") from e
-  if kind != KIND:
-    raise ValueError(f"{path} holds {kind or 'untagged'} weights, not {KIND} (convert them "
-                     "with `fewshot-jax convert-weights --kind arcface`)")
-  _check(flat, path)
+  flat = _read(path, tensors=True)
   params: dict[str, np.ndarray] = {}
   for name, shape in expected_shapes().items():
     if name.endswith("running_mean"):
