@@ -110,7 +110,9 @@ def run_config(run: RunSpec, extra: Sequence[str] = ()):
 MARKER = "sweep_run.json"  # in each run's folder: which config it trains, as a hash
 # What an entry's run may change and stay the same run: how it executes, and its steps (more steps
 # resume it, and it is evaluated again at the new count). Any other change is another run.
-_SAME_RUN_IGNORES = resume.EXECUTION + ("train.steps",)
+# The eval and finetune sections only change how a trained model is evaluated: a change there
+# evaluates again (``_evaluation_hash``), without training.
+_SAME_RUN_IGNORES = resume.EXECUTION + ("train.steps", "eval.", "finetune.")
 
 
 def config_hash(cfg) -> str:
@@ -169,12 +171,34 @@ def run_dir(workdir: pathlib.Path, name: str, digest: str) -> pathlib.Path:
   return workdir / f"{name}~{digest[:12]}"
 
 
-def _done(rundir: pathlib.Path, digest: str, steps: int) -> bool:
-  """Evaluated at its ``steps`` under the config whose hash is ``digest``."""
+def _evaluation_hash(cfg, settings: Any) -> str:
+  """SHA-256 of what an evaluation depends on besides the model: the config's ``eval`` and
+  ``finetune`` sections and the command's evaluation options (face metrics, CSIM embedder, FID)."""
+  data = {"eval": cfg.eval.to_dict(), "finetune": cfg.finetune.to_dict(),
+          "settings": {k: repr(v) for k, v in sorted(dataclasses.asdict(settings).items())}}
+  return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _done(rundir: pathlib.Path, digest: str, steps: int, evaluation: str | None = None) -> bool:
+  """Evaluated at its ``steps`` under the config whose hash is ``digest`` and, when
+  ``evaluation`` is given, with the evaluation settings of that hash (so asking a finished sweep
+  for another embedder or more shots evaluates again, without training)."""
   if not rundir.is_dir() or _stored_hash(rundir) != digest:
     return False
   ev = _read_json(rundir / "eval" / "eval.json")
-  return isinstance(ev, dict) and ev.get("step") == steps
+  if not (isinstance(ev, dict) and ev.get("step") == steps):
+    return False
+  if evaluation is None:
+    return True
+  marker = _read_json(rundir / MARKER)
+  return isinstance(marker, dict) and marker.get("evaluated") == {"step": steps,
+                                                                  "sha256": evaluation}
+
+
+def _record_evaluation(rundir: pathlib.Path, steps: int, evaluation: str) -> None:
+  marker = _read_json(rundir / MARKER)
+  marker["evaluated"] = {"step": steps, "sha256": evaluation}
+  write_text(rundir / MARKER, json.dumps(marker, indent=2) + "\n")
 
 
 def _claim(rundir: pathlib.Path, r: RunSpec, extra: Sequence[str], digest: str) -> None:
@@ -245,7 +269,11 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
     if lead:
       _claim(rundir, r, extra, digest)
     _sync(f"sweep claim {r.name}")
-    if _done(rundir, digest, cfg.train.steps):
+    settings = report.EvalSettings(tuple(cfg.eval.shots), ("ff", "ft"), face_metrics,
+                                   fid_weights=fid_weights, csim_embedder=csim_embedder,
+                                   arcface_weights=arcface_weights)
+    evaluation = _evaluation_hash(cfg, settings)
+    if _done(rundir, digest, cfg.train.steps, evaluation):
       print(f"{head}: done, skipped", flush=True)
       continue
     print(f"{head}: {r.config} {' '.join(r.overrides)}", flush=True)
@@ -263,11 +291,10 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
       raise ValueError(f"{rundir}: its checkpoint is at step {step}, not train.steps = "
                        f"{cfg.train.steps}; it was trained outside this sweep entry")
     frames, points = heldout_arrays(held)
-    settings = report.EvalSettings(tuple(cfg.eval.shots), ("ff", "ft"), face_metrics,
-                                   fid_weights=fid_weights, csim_embedder=csim_embedder,
-                                   arcface_weights=arcface_weights)
     report.evaluate(load_run(rundir), frames, points, settings, rundir / "eval",
                     data_description=f"{cfg.data.source} held-out videos", write=lead)
+    if lead:
+      _record_evaluation(rundir, step, evaluation)
   return collect(runs, workdir, extra) if lead else []
 
 
