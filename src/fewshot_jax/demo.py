@@ -103,6 +103,7 @@ def run_demo(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     results[f"k{k}"] = r.metrics
     reenactments[k] = r
   kmax = max(cfg.eval.shots)
+  lpips_weights = add_lpips(results, reenactments, held["frames"], cfg)
 
   # samples.png: per held-out identity, its shots, then for one target: landmarks | FF | FT |
   # nearest shot | ground truth.
@@ -134,6 +135,8 @@ def run_demo(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
       "train_seconds": result.train_seconds,
       "wall_seconds": time.perf_counter() - t_start,
       "content_loss": result.content.description,
+      "lpips": ({"weights": lpips_weights, "network": "lpips_vgg16"} if lpips_weights else
+                "not computed: no weights (make lpips-weights)"),
       "heldout_identities": list(held_seeds),
       "train_identities": cfg.data.num_train_videos,
   }
@@ -142,11 +145,34 @@ def run_demo(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
   return out
 
 
+def add_lpips(results: dict[str, Any], reenactments: dict[int, Any], frames: np.ndarray,
+              cfg: ml_collections.ConfigDict) -> str | None:
+  """Adds each method's mean LPIPS to ``results`` when the converted weights are in their place.
+
+  Returns the weights' path, or None (and no LPIPS) when ``make lpips-weights`` has not run: the
+  demo must run offline, and a missing metric is written as such rather than failing the run.
+  """
+  from fewshot_jax.evaluation import lpips  # pylint: disable=g-import-not-at-top
+
+  path = lpips.default_weights_path()
+  if not path.is_file():
+    log.warning("LPIPS not computed: %s is missing (make lpips-weights)", path)
+    return None
+  metric = lpips.Lpips(path)
+  for k, r in reenactments.items():
+    _, targets = protocol.split_video(frames.shape[1], k, cfg.eval.targets_per_video)
+    real = frames[:, targets].reshape((-1,) + frames.shape[2:])
+    for m, images in r.images.items():
+      results[f"k{k}"][m]["lpips"] = float(np.mean(metric(images.reshape(real.shape), real)))
+  return str(path)
+
+
 def format_table(out: dict[str, Any]) -> str:
-  lines = ["", "K   method        SSIM    PSNR"]
+  lines = ["", "K   method        SSIM    PSNR   LPIPS"]
   for key, methods in out["results"].items():
     for m, vals in methods.items():
-      lines.append(f"{key[1:]:<3} {m:<13} {vals['ssim']:.3f}  {vals['psnr']:.2f}")
+      lp = f"{vals['lpips']:.3f}" if "lpips" in vals else "–"
+      lines.append(f"{key[1:]:<3} {m:<13} {vals['ssim']:.3f}  {vals['psnr']:.2f}  {lp}")
   for name, ok in out["checks"].items():
     lines.append(f"{'PASS' if ok else 'FAIL'} {name}")
   lines.append(f"train {out['train_steps']} steps in {out['train_seconds']:.0f}s, "

@@ -326,7 +326,8 @@ def run_tpu(runs: Sequence[RunSpec], workdir: str, tpu: dict[str, str], extra: S
 
 
 # What the results table shows, per K: (method, metric).
-_SHOWN = (("ff", "ssim"), ("ff", "psnr"), ("ft", "ssim"), ("ft", "psnr"))
+_SHOWN = (("ff", "ssim"), ("ff", "psnr"), ("ff", "lpips"), ("ft", "ssim"), ("ft", "psnr"),
+          ("ft", "lpips"))
 
 
 def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str] = ()
@@ -374,7 +375,7 @@ def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str]
       for m, metric in _SHOWN:
         v = row.get(f"k{k}_{m}_{metric}")
         cells.append("–" if v is None or not math.isfinite(v) else
-                     (f"{v:.3f}" if metric == "ssim" else f"{v:.2f}"))
+                     (f"{v:.3f}" if metric in ("ssim", "lpips") else f"{v:.2f}"))
     for label, m, k in csim:
       v = row.get(f"k{k}_{m}_csim") if row["csim_embedder"] == label else None
       cells.append("–" if v is None or not math.isfinite(v) else f"{v:.3f}")

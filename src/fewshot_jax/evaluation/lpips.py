@@ -180,6 +180,7 @@ class Lpips:
 
   def __init__(self, path: str | os.PathLike | None = None):
     self.path = os.fspath(path if path is not None else default_weights_path())
+    self.kind = KIND
     self.params = {k: jnp.asarray(v) for k, v in load_weights(self.path).items()}
 
   def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ For each K and method (``protocol.reenact``: shots from the first half of each v
 the second), every generated target is scored against its ground truth:
 
 * SSIM, PSNR and L1 on images in [0, 1];
+* LPIPS (``lpips``, VGG16 v0.1), when its converted weights are found (``make lpips-weights``);
 * FID (``fid``) over all of a method's generated targets against the real ones, when the FID
   Inception weights are given;
 * CSIM, NME and AKD with a face model (``face_metrics``), unless switched off. CSIM's embedder
@@ -41,6 +42,7 @@ COLUMNS = (
     ("fid", "FID ↓", "{:.1f}", False),
     ("ssim", "SSIM ↑", "{:.3f}", True),
     ("psnr", "PSNR ↑", "{:.2f}", True),
+    ("lpips", "LPIPS ↓", "{:.3f}", False),
     ("l1", "L1 ↓", "{:.4f}", False),
     ("csim", "CSIM ↑", "{:.3f}", True),
     ("nme", "NME ↓", "{:.4f}", False),
@@ -58,6 +60,8 @@ class EvalSettings:
   fid_weights: str | None = None  # a `convert-weights --kind inception` file; None: no FID
   csim_embedder: str = "dlib"  # face_metrics.EMBEDDERS
   arcface_weights: str | None = None  # a `convert-weights --kind arcface` file (csim_embedder)
+  # A `convert-weights --kind lpips` file; None: lpips.default_weights_path() if it exists.
+  lpips_weights: str | None = None
 
 
 def _upscaled(frames: np.ndarray, factor: int) -> list[np.ndarray]:
@@ -82,16 +86,19 @@ def face_references(real: np.ndarray, backend: Any, embedder: Any) -> list[Any]:
 
 def score_pairs(fake: np.ndarray, real: np.ndarray, backend: Any, embedder: Any,
                 refs: Sequence[Any] | None = None,
-                progress: Progress | None = None) -> dict[str, float]:
+                progress: Progress | None = None, lpips_metric: Any = None) -> dict[str, float]:
   """Mean metrics of uint8 generated vs real frames ``[N, S, S, 3]``.
 
-  ``refs`` (``face_references(real, ...)``) saves finding the ground truth's faces again.
+  ``refs`` (``face_references(real, ...)``) saves finding the ground truth's faces again;
+  ``lpips_metric`` (an ``lpips.Lpips``) adds LPIPS.
   """
   a = fake.astype(np.float32) / 255.0
   b = real.astype(np.float32) / 255.0
   out = {"ssim": float(np.mean(image_metrics.ssim(a, b))),
          "psnr": float(np.mean(image_metrics.psnr(a, b))),
          "l1": float(np.mean(image_metrics.l1(a, b)))}
+  if lpips_metric is not None:
+    out["lpips"] = float(np.mean(lpips_metric(fake, real)))
   if backend is not None:
     from fewshot_jax.evaluation import face_metrics  # pylint: disable=g-import-not-at-top
 
@@ -149,6 +156,7 @@ def evaluate(
   if settings.fid_weights:  # loaded first, so a bad file fails before hours of work
     from fewshot_jax.evaluation import fid  # pylint: disable=g-import-not-at-top
     inception = fid.FidInception(settings.fid_weights)
+  lpips_metric = _load_lpips(settings.lpips_weights)
   cfg = run.config
   content = build_content_loss(cfg.loss)
   _, targets = protocol.split_video(frames.shape[1], 1, cfg.eval.targets_per_video)
@@ -165,7 +173,7 @@ def evaluate(
     results[f"k{k}"] = {}
     for m in settings.methods:
       fake = r.images[m].reshape(real.shape)
-      row = score_pairs(fake, real, backend, embedder, refs, progress)
+      row = score_pairs(fake, real, backend, embedder, refs, progress, lpips_metric)
       if inception is not None:
         row = {"fid": fid.fid(inception(fake), real_features), **row}
       results[f"k{k}"][m] = row
@@ -180,6 +188,7 @@ def evaluate(
                         "upscaled_to_at_least": FACE_MIN_SIZE} if backend else None),
       "fid": ({"weights": inception.path, "network": fid.KIND, "real_frames": int(len(real))}
               if inception is not None else None),
+      "lpips": ({"weights": lpips_metric.path, "network": lpips_metric.kind} if lpips_metric else None),
       "results": results,
       "seconds": round(time.perf_counter() - t0, 1),
   }
@@ -192,6 +201,16 @@ def evaluate(
   # Last: a sweep takes eval.json as "this run is done".
   write_json(out / "eval.json", _finite_or_null(report))
   return report
+
+
+def _load_lpips(path: str | None) -> Any:
+  """``lpips.Lpips`` from ``path``, or from the default place if there is a file; else None."""
+  from fewshot_jax.evaluation import lpips  # pylint: disable=g-import-not-at-top
+
+  if path is None:
+    default = lpips.default_weights_path()
+    return lpips.Lpips(default) if default.is_file() else None
+  return lpips.Lpips(path)  # a named file that is missing or wrong is an error, not a skip
 
 
 def _finite_or_null(tree: Any) -> Any:
@@ -233,8 +252,11 @@ def format_table(report: dict[str, Any]) -> str:
   fid_note = ("FID: not computed (no Inception weights: `--fid-weights`)."
               if report.get("fid") is None else
               f"FID over {report['fid']['real_frames']} frames per method and K.")
+  lpips_note = ("LPIPS: not computed (no weights: `make lpips-weights`)."
+                if report.get("lpips") is None else f"LPIPS: {report['lpips']['network']}.")
   return "\n".join(lines) + f"\n\n{report['videos']} held-out videos × " \
-      f"{report['targets_per_video']} targets; FT = {report['finetune_steps']} steps. {fid_note}\n"
+      f"{report['targets_per_video']} targets; FT = {report['finetune_steps']} steps. {fid_note} " \
+      f"{lpips_note}\n"
 
 
 def plot_metrics(report: dict[str, Any], path: pathlib.Path) -> None:
