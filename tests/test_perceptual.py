@@ -293,3 +293,25 @@ def test_preprocessing_mismatch_is_refused_naming_the_file(tmp_path):
   assert "vgg19/torchvision" in build_content_loss(cfg.loss).description
   with pytest.raises(ValueError, match="vgg19 has no preprocessing 'bgr'"):
     perceptual.build_features("vgg19", preprocess="bgr")
+
+
+def test_vgg16_content_loss_with_pixel_l1_beside_it():
+  """demo_64_perceptual's loss: ImageNet VGG16 (the LPIPS file) + pixel L1, both counted."""
+  from fewshot_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from fewshot_jax import losses  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.evaluation import lpips  # pylint: disable=g-import-not-at-top
+
+  cfg = config_lib.load_config("demo_64_perceptual")
+  assert cfg.loss.vgg16_path == str(lpips.default_weights_path())
+  content = build_content_loss(cfg.loss)
+  assert "vgg16 x 1.0" in content.description and "pixel L1 x 50.0" in content.description
+  x = _astronaut()
+  fake, real = jnp.asarray(x[:1]), jnp.asarray(x[1:])
+  net = perceptual.load_features("vgg16", cfg.loss.vgg16_path)
+  want = losses.perceptual_l1(net, fake, real) + 50.0 * losses.l1(fake, real)
+  assert float(content.fn(content.params, fake, real)) == pytest.approx(float(want), rel=1e-5)
+  cfg.loss.pixel_with_perceptual = False
+  off = build_content_loss(cfg.loss)
+  assert float(off.fn(off.params, fake, real)) == pytest.approx(
+      float(losses.perceptual_l1(net, fake, real)), rel=1e-5)
