@@ -20,6 +20,9 @@ $(VENV)/.installed-core: pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev]'
+	# The reference LPIPS that tests/test_lpips.py checks ours against, without its dependencies:
+	# they would add torchvision, whose PyPI build does not load beside the CPU torch==2.13.0.
+	$(PIP) install --quiet --disable-pip-version-check --no-deps lpips==0.1.4
 	touch $@ $(VENV)/.installed-core
 
 install: $(VENV)/.installed-core
