@@ -38,6 +38,17 @@ def test_each_subcommand_names_the_bad_input(capsys, tmp_path, user_folder):
   foreign = tmp_path / "vgg.safetensors"
   foreign.write_bytes(b"a file convert-weights did not write")
   missing = str(tmp_path / "missing")
+  driver = tmp_path / "driver.mp4"
+  driver.write_bytes(b"a video")
+  lookalike_run = tmp_path / "export"
+  lookalike_run.mkdir()
+  (lookalike_run / "config.json").write_text('{"format": 1, "model": {}}')
+  lookalike_demo = tmp_path / "project"
+  (lookalike_demo / "run").mkdir(parents=True)
+  (lookalike_demo / "notes.txt").write_text("mine")
+  lookalike_cache = tmp_path / "videos"
+  lookalike_cache.mkdir()
+  np.savez(lookalike_cache / "clip.npz", x=np.zeros(3))
   cases = [
       (("train", "--config", "nope", "--workdir", missing), "config 'nope': no such file"),
       (("train", "--config", "demo_64", "--workdir", missing, "--config.train.log_every=-1"),
@@ -85,6 +96,15 @@ def test_each_subcommand_names_the_bad_input(capsys, tmp_path, user_folder):
       (("animate", "--checkpoint", missing, "--identity", missing, "--driver", str(npy),
         "--out", str(tmp_path / "out.mp4")), f"--identity {missing}: no such folder"),
       (("export", "--checkpoint", missing, "--out", missing), f"{missing} is not a run directory"),
+      (("animate", "--checkpoint", missing, "--identity", missing, "--driver", str(driver),
+        "--out", str(driver)), f"--out {driver}: is the driver itself"),
+      # Weak look-alikes of our own folders are not ours: an export's config.json is not a run's,
+      # a folder named run/ is not a demo's, a user's .npz is not a cache entry.
+      (("train", "--config", "demo_64", "--workdir", str(lookalike_run)),
+       "not a training run (config.json)"),
+      (("demo", "--workdir", str(lookalike_demo)), "not a demo's output (notes.txt, run)"),
+      (("prepare", "landmarks", "--input", str(tmp_path), "--cache", str(lookalike_cache)),
+       "not a landmark cache (clip.npz)"),
   ]
   for argv, expected in cases:
     line = _run(capsys, *argv)
@@ -92,6 +112,8 @@ def test_each_subcommand_names_the_bad_input(capsys, tmp_path, user_folder):
   assert (user_folder / "thesis.tex").read_text() == "a year of work"
   assert sorted(p.name for p in user_folder.iterdir()) == ["thesis.tex"]
   assert foreign.read_bytes() == b"a file convert-weights did not write"
+  assert driver.read_bytes() == b"a video"
+  assert (lookalike_run / "config.json").read_text() == '{"format": 1, "model": {}}'
 
 
 def test_convert_weights_never_overwrites_a_file_it_did_not_write(capsys, tmp_path):

@@ -124,3 +124,17 @@ def test_prepare_shards_takes_the_crop_size_from_the_cache(videos, tmp_path, cap
                    str(tmp_path / "data2")]) == 2
   err = capsys.readouterr().err.splitlines()[0]
   assert "entries have different crop sizes (2 of 64 px, 1 of 96 px)" in err
+
+
+def test_a_npz_the_cache_cannot_read_is_never_overwritten(videos, tmp_path, capsys):
+  """A cache folder that also holds a user's own carphone.npz (here: next to a rejections file,
+  so the folder is a cache): the run refuses by name instead of rebuilding over it."""
+  cache = tmp_path / "cache"
+  cache.mkdir()
+  (cache / "rejected.jsonl").write_text("")
+  np.savez(cache / "carphone.npz", mine=np.arange(3))
+  assert _landmarks(videos, cache) == 2
+  err = capsys.readouterr().err
+  assert f"{cache / 'carphone.npz'}: not a cache entry this program can read" in err
+  with np.load(cache / "carphone.npz") as z:
+    np.testing.assert_array_equal(z["mine"], np.arange(3))

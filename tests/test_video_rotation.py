@@ -75,3 +75,30 @@ def test_data_prep_and_drivers_find_the_upright_face(rotated, original, tmp_path
   assert summary["written"] == 1, summary
   _, _, meta = landmark_cache.load_entry(tmp_path / "cache" / "phone" / "carphone_rotated.npz")
   assert meta["identity"] == "phone"
+
+
+def test_a_rotation_that_is_not_a_quarter_turn_is_refused_not_rounded():
+  from fewshot_jax.prep import video  # pylint: disable=g-import-not-at-top
+
+  image = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+  np.testing.assert_array_equal(video.upright(image, -90.0), np.rot90(image, 3))
+  np.testing.assert_array_equal(video.upright(image, 89.6), np.rot90(image, 1))
+  with pytest.raises(video.VideoError, match=r"clip.mp4: unsupported display rotation \(45 "
+                                             "degrees; only quarter turns are applied\\)"):
+    video.upright(image, 45.0, "clip.mp4")
+
+
+def test_cache_entries_decoded_before_rotations_were_applied_are_named_on_a_rerun():
+  """An entry from before the decoder applied display rotations may hold a sideways crop: a
+  re-run names the difference (--rebuild rebuilds) instead of reusing it silently."""
+  from fewshot_jax.prep import landmark_cache  # pylint: disable=g-import-not-at-top
+
+  opts = landmark_cache.PrepOptions(frames_per_video=8, image_size=64, enlarge=1.8,
+                                    jpeg_quality=95, min_face_size=40.0, backend="dlib",
+                                    backend_options=(("upsample", 1),))
+  wanted = landmark_cache.options_record(opts)
+  old = {k: v for k, v in wanted.items() if k != "decoder"}
+  assert landmark_cache.option_differences(landmark_cache._built_with({"options": old}),
+                                           wanted) == ["decoder=1 (now 2)"]
+  assert landmark_cache.option_differences(
+      landmark_cache._built_with({"options": wanted}), wanted) == []

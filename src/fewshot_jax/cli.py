@@ -18,8 +18,6 @@ from collections.abc import Sequence
 
 from fewshot_jax import cli_inference, output_paths
 
-# What only a run writes into its workdir: such a folder is resumed; any other non-empty one refused.
-RUN_MARKERS = ("checkpoints", "config.json")
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
 
@@ -52,7 +50,7 @@ def cmd_demo(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax import demo  # pylint: disable=g-import-not-at-top
 
   cfg = _config(args, overrides)
-  output_paths.check_output_dir(args.workdir, "--workdir", demo.MARKERS, "a demo's output")
+  output_paths.check_output_dir(args.workdir, "--workdir", demo.is_demo_dir, "a demo's output")
   out = demo.run_demo(cfg, args.workdir)
   failed = [k for k, ok in out["checks"].items() if not ok]
   print(f"wrote {args.workdir}/metrics.json, samples.png, reenactment.mp4, reenactment.gif")
@@ -99,7 +97,7 @@ def cmd_train(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.data.sources import train_sources  # pylint: disable=g-import-not-at-top
 
   cfg = _config(args, overrides)
-  output_paths.check_output_dir(args.workdir, "--workdir", RUN_MARKERS, "a training run")
+  output_paths.check_output_dir(args.workdir, "--workdir", output_paths.is_run, "a training run")
   if args.init and not (pathlib.Path(args.init) / "checkpoints").is_dir():
     raise FileNotFoundError(f"--init {args.init}: not a run (no checkpoints folder in it)")
   source, held = train_sources(cfg)
@@ -153,9 +151,7 @@ def cmd_prepare_landmarks(args: argparse.Namespace, overrides: Sequence[str]) ->
       raise ValueError(f"{flag} {value}: expected at least {low}")
   if not args.enlarge > 1.0:
     raise ValueError(f"--enlarge {args.enlarge}: expected > 1 (crop side / landmark box side)")
-  cache = pathlib.Path(args.cache)
-  if not (cache.is_dir() and next(cache.rglob("*.npz"), None)):  # a cache resumes; else refuse
-    output_paths.check_output_dir(cache, "--cache", (landmark_cache.REJECTED,), "a landmark cache")
+  output_paths.check_output_dir(args.cache, "--cache", landmark_cache.is_cache, "a landmark cache")
   entries = layouts.list_videos(args.input, args.layout)
   if args.backend == "dlib":
     backend_options = (("upsample", args.upsample),)
@@ -239,7 +235,9 @@ def _add_csim_args(p: argparse.ArgumentParser) -> None:
 def cmd_evaluate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.evaluation import report  # pylint: disable=g-import-not-at-top
 
-  output_paths.check_output_dir(args.out, "--out", ("eval.json", "table.md"), "an evaluation")
+  output_paths.check_output_dir(
+      args.out, "--out", lambda p: output_paths.json_with_keys(p / "eval.json", ("results",)),
+      "an evaluation")
   if args.max_videos is not None and args.max_videos < 1:
     raise ValueError(f"--max-videos {args.max_videos}: expected at least 1")
   if args.fid_weights:

@@ -119,8 +119,10 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.inference.identity import load_identity, save_identity  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
 
-  check_output_file(args.out, "--out", (".mp4",))
-  check_input_file(args.driver, "--driver")
+  out = check_output_file(args.out, "--out", (".mp4",))
+  driver = check_input_file(args.driver, "--driver")
+  if out.exists() and out.samefile(driver):  # the driver is read again while the output is written
+    raise ValueError(f"--out {out}: is the driver itself; choose another output file")
   if args.save_identity:
     from fewshot_jax.inference.identity import check_identity_folder  # pylint: disable=g-import-not-at-top
     check_identity_folder(args.save_identity)

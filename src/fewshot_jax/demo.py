@@ -32,8 +32,13 @@ from fewshot_jax.visualize import grid, save_gif, save_mp4, save_png
 log = logging.getLogger("fewshot_jax")
 
 DRIVER_MOTION_SEED = 7_777_777
-# What only a demo writes into its workdir: a re-run may update such a folder, no other (cli.py).
-MARKERS = ("run", "data", "metrics.json")
+
+
+def is_demo_dir(path: pathlib.Path) -> bool:
+  """A demo's workdir, which a re-run may update (cli.py refuses any other non-empty folder): its
+  metrics.json, or the training run it holds."""
+  from fewshot_jax.output_paths import is_run, json_with_keys  # pylint: disable=g-import-not-at-top
+  return json_with_keys(path / "metrics.json", ("checks",)) or is_run(path / "run")
 VIDEO_FPS = 15
 
 

@@ -9,9 +9,10 @@ their kind (suffix) and for a parent folder that exists.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def _listing(path: pathlib.Path, limit: int = 3) -> str:
@@ -20,15 +21,15 @@ def _listing(path: pathlib.Path, limit: int = 3) -> str:
   return ", ".join(names[:limit]) + more
 
 
-def check_output_dir(path: str | os.PathLike, flag: str, markers: Sequence[str],
+def check_output_dir(path: str | os.PathLike, flag: str, ours: Callable[[pathlib.Path], bool],
                      what: str) -> pathlib.Path:
-  """``path`` if it is missing, an empty folder, or a folder holding one of ``markers``.
+  """``path`` if it is missing, an empty folder, or a folder that ``ours`` recognises.
 
   Args:
     path: the folder a command will write into.
     flag: the option that named it, for the message (``--workdir``).
-    markers: names (files or folders) that only this program writes there, e.g. a run's
-      ``checkpoints``; their presence says the folder is ours to update.
+    ours: whether a non-empty folder was written by this command before (a run's checkpoints, a
+      JSON file of ours with its known keys); only then may the command update it.
     what: what the folder should be, for the message ("a training run").
 
   Raises:
@@ -37,11 +38,26 @@ def check_output_dir(path: str | os.PathLike, flag: str, markers: Sequence[str],
   path = pathlib.Path(path)
   if path.exists() and not path.is_dir():
     raise ValueError(f"{flag} {path}: a file, expected a folder for {what}")
-  if path.is_dir() and any(path.iterdir()) and not any((path / m).exists() for m in markers):
+  if path.is_dir() and any(path.iterdir()) and not ours(path):
     raise ValueError(
         f"{flag} {path}: the folder holds files that are not {what} ({_listing(path)}); pass a "
         f"new or empty folder (or one written by an earlier run of this command)")
   return path
+
+
+def json_with_keys(path: pathlib.Path, keys: Sequence[str]) -> bool:
+  """Whether ``path`` is a JSON object holding every one of ``keys`` (a file of ours)."""
+  try:
+    data = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, ValueError):
+    return False
+  return isinstance(data, dict) and all(k in data for k in keys)
+
+
+def is_run(path: pathlib.Path) -> bool:
+  """A training run's folder: its checkpoints, or the config.json that training writes."""
+  return (path / "checkpoints").is_dir() or json_with_keys(path / "config.json",
+                                                           ("model", "train", "runtime"))
 
 
 def check_output_file(path: str | os.PathLike, flag: str, suffixes: Sequence[str]) -> pathlib.Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ from fewshot_jax.atomic_files import atomic_path
 from fewshot_jax.prep import backends as backends_lib
 from fewshot_jax.prep import crop as crop_lib
 from fewshot_jax.prep import jpeg
+from fewshot_jax.prep import video as video_lib
 from fewshot_jax.prep.layouts import VideoEntry
 from fewshot_jax.prep.video import VideoError, count_frames, iter_frames
 from fewshot_jax.progress import Progress
@@ -86,6 +88,7 @@ def options_record(opts: PrepOptions) -> dict[str, Any]:
   record = dataclasses.asdict(opts)
   record["backend_options"] = {k: v for k, v in opts.backend_options
                                if k not in _SPEED_ONLY_OPTIONS}
+  record["decoder"] = video_lib.DECODER_VERSION
   return json.loads(json.dumps(record))
 
 
@@ -93,10 +96,10 @@ def _built_with(meta: dict[str, Any]) -> dict[str, Any]:
   """The options an entry was built with; entries from before ``options`` was recorded give
   what their metadata holds."""
   if "options" in meta:
-    return meta["options"]
+    return {"decoder": 1, **meta["options"]}  # before the decoder was recorded: version 1
   return {"backend": meta.get("detector"), "image_size": meta.get("image_size"),
           "enlarge": meta.get("enlarge"), "jpeg_quality": meta.get("jpeg_quality"),
-          "frames_per_video": len(meta.get("frames", []))}
+          "frames_per_video": len(meta.get("frames", [])), "decoder": 1}
 
 
 def option_differences(built: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -178,6 +181,19 @@ def prepare_video(
       "landmarks": np.stack(crop_points).astype(np.float32),
       "meta": np.asarray(json.dumps(meta)),
   }
+
+
+def is_cache(path: pathlib.Path) -> bool:
+  """A folder this program built as a cache: its rejections file, or an entry it can read."""
+  if (path / REJECTED).is_file():
+    return True
+  for entry in itertools.islice(path.rglob("*.npz"), 3):
+    try:
+      read_meta(entry)
+      return True
+    except (OSError, ValueError, KeyError):
+      continue
+  return False
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -266,10 +282,11 @@ def _plan(entries: Sequence[VideoEntry], cache: pathlib.Path, wanted: dict[str, 
     if path.exists():
       try:
         differences = option_differences(_built_with(read_meta(path)), wanted)
-      except (OSError, ValueError, KeyError):  # written atomically by this program, yet damaged
-        todo.append(e)
-        why["rebuilt"] += 1
-        continue
+      except (OSError, ValueError, KeyError) as err:
+        # Entries are written atomically, so this is most likely not ours (a user's own .npz in
+        # the folder): never overwrite it.
+        raise ValueError(f"{path}: not a cache entry this program can read ({err}); move it "
+                         "away, or use another --cache") from err
       if not differences:
         why["done"] += 1
       elif rebuild:

@@ -49,10 +49,19 @@ def _open_video(path: str | os.PathLike) -> Iterator[tuple[Any, Any]]:
     yield container, container.streams.video[0]
 
 
-def upright(image: np.ndarray, rotation: float) -> np.ndarray:
+# What the decoder does to frames, recorded with every data-prep cache entry: entries decoded
+# before display rotations were applied (version 1) may hold sideways crops of phone videos.
+DECODER_VERSION = 2
+
+
+def upright(image: np.ndarray, rotation: float, path: str = "") -> np.ndarray:
   """``image`` turned counter-clockwise by ``rotation`` degrees (a display matrix's rotation, as
-  PyAV's ``VideoFrame.rotation`` gives it), to the nearest quarter turn."""
+  PyAV's ``VideoFrame.rotation`` gives it). Only quarter turns are applied: any other angle is
+  refused rather than rounded, since a face turned by 45 degrees would be cropped wrongly."""
   quarter_turns = int(round(rotation / 90.0)) % 4
+  if abs(rotation - 90.0 * round(rotation / 90.0)) > 1.0:
+    raise VideoError(path, "unsupported display rotation",
+                     f"{rotation:g} degrees; only quarter turns are applied")
   if not quarter_turns:
     return image
   return np.ascontiguousarray(np.rot90(image, quarter_turns))
@@ -73,7 +82,7 @@ def iter_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray, floa
     index = 0
     try:
       for frame in container.decode(stream):
-        yield index, upright(frame.to_ndarray(format="rgb24"), frame.rotation), fps
+        yield index, upright(frame.to_ndarray(format="rgb24"), frame.rotation, os.fspath(path)), fps
         index += 1
     except av.error.FFmpegError as e:
       raise VideoError(os.fspath(path), "corrupt or truncated", f"at frame {index}: {e}") from e
