@@ -72,6 +72,8 @@ def run_config(
   out.runtime = ml_collections.ConfigDict()
   out.runtime.num_videos = num_videos
   out.runtime.content_loss = content.description
+  # What the perceptual weights were, so a resume may name the same files at another path.
+  out.runtime.content_weights = resume.weight_hashes(cfg)
   out.runtime.jax_version = jax.__version__
   out.runtime.devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
   out.runtime.processes = jax.process_count()

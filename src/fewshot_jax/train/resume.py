@@ -20,8 +20,10 @@ it is safe to change mid-run.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import pathlib
 import time
 from typing import Any
@@ -48,6 +50,26 @@ MAY_CHANGE = EXECUTION + (
     "data.eval_split", "data.num_eval_videos",
     "eval.", "finetune.",
 )
+
+
+# Perceptual weights files: their path may change (the same file on another machine, a TPU VM's
+# bucket mount) when their contents are the ones the run trained with (runtime.content_weights).
+WEIGHT_PATHS = ("loss.vgg19_path", "loss.vggface_path", "loss.vgg16_path")
+
+
+def file_sha256(path: str) -> str:
+  """SHA-256 of a weights file (about a second per 500 MB)."""
+  digest = hashlib.sha256()
+  with open(os.path.expanduser(path), "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def weight_hashes(cfg: ml_collections.ConfigDict) -> dict[str, str]:
+  """``{loss field: sha256}`` of the perceptual weights files ``cfg`` names, kept in the run."""
+  return {k.split(".")[1]: file_sha256(cfg.loss[k.split(".")[1]]) for k in WEIGHT_PATHS
+          if cfg.loss.get(k.split(".")[1])}
 
 
 class ResumeMismatch(ValueError):
@@ -111,7 +133,12 @@ def check_resume(requested: ml_collections.ConfigDict, saved: ml_collections.Con
     step: the checkpoint's step, for the message.
   """
   changes = config_changes(requested, saved)
-  refused = {k: v for k, v in changes.items() if not _may_change(k)}
+  trained_with = dict(saved.get("runtime", {}).get("content_weights", {}) or {})
+  moved = {k for k, (_, new) in changes.items()
+           if k in WEIGHT_PATHS and new and k.split(".")[1] in trained_with
+           and os.path.isfile(os.path.expanduser(new))
+           and file_sha256(new) == trained_with[k.split(".")[1]]}
+  refused = {k: v for k, v in changes.items() if not _may_change(k) and k not in moved}
   saved_videos = saved.get("runtime", {}).get("num_videos")
   problems = [f"{k}: the run has {a!r}, this config {b!r}" for k, (a, b) in refused.items()]
   if saved_videos is not None and int(saved_videos) != num_videos:
