@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # far ahead of the step on CPU. Raise it on accelerator hosts where decoding falls behind
   # (`benchmarks/input.py` gives episodes/s per worker count).
   c.data.workers = 0
+  # The landmark detector the config's results assume (the dataset's metadata names the one that
+  # prepared it); training and `evaluate` warn when they differ. "": any.
+  c.data.expected_detector = ""
 
   c.loss = ml_collections.ConfigDict()
   c.loss.vgg19_weight = 1.5e-1
@@ -71,10 +74,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.loss.adv_weight = 1.0
   c.loss.fm_weight = 10.0
   c.loss.match_weight = 10.0  # the FF variant sets 0
+  # False: refuse to start unless both VGG paths are set (the paper's loss); True: without them
+  # the content loss falls back to pixel L1 (recorded as runtime.content_loss).
+  c.loss.allow_pixel_fallback = True
 
   c.train = ml_collections.ConfigDict()
   c.train.variant = "ft"  # "ft": with embedding match; "ff": without (feed-forward model)
   c.train.steps = 500_000
+  # > 0: train.steps is derived from the training set's size at start-up, as
+  # ceil(epochs * videos / batch_size) (an epoch: one episode per video), and recorded in the
+  # run's config.json as runtime.steps_from_epochs. 0: train.steps as given.
+  c.train.epochs = 0.0
   c.train.batch_size = 48
   c.train.k_shots = 8
   c.train.lr_g = 5e-5  # E, G (and P)
@@ -100,10 +110,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.finetune.steps = 200
   c.finetune.lr_g = 5e-5
   c.finetune.lr_d = 2e-4
-  c.finetune.d_steps = 1
+  c.finetune.d_steps = 0  # D updates per G update; 0: as in meta-learning (train.d_steps)
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.shots = (1, 8)
-  c.eval.targets_per_video = 16
+  c.eval.shots = (1, 8, 32)  # the paper's Table 1
+  c.eval.targets_per_video = 32  # the paper's hold-out frames per video
   c.eval.hook_batches = 2  # batches of held-out episodes for train.eval_every
   return c

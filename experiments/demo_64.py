@@ -56,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 0  # the demo evaluates K = 1 and 8, FF and FT, after training
 
   c.finetune.steps = 60
+  c.eval.shots = (1, 8)  # 32-frame videos: K = 32 needs 64 (see evaluate)
   c.finetune.lr_g = 5e-4
   c.finetune.lr_d = 5e-4
   return c

@@ -21,4 +21,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A TPU host has the cores for it: decoding 8 x 256 px JPEGs per episode off the trainer.
   c.data.workers = 8
   c.train.eval_every = 10_000
+  c.data.expected_detector = "fan"  # the paper's landmarks (prepare landmarks --backend fan)
   return c

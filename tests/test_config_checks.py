@@ -51,7 +51,7 @@ def test_every_shipped_config_is_valid(path):
     ("model.embed_dim=64", "model.embed_dim=64 must equal model.e_channels[-1]=128"),
     ("model.g_up_channels=(32, 16)", "model.g_up_channels=(32, 16): expected as many entries"),
     ("model.e_attn_res=(128,)", "model.e_attn_res=(128,): expected a tuple of resolutions"),
-    ("finetune.d_steps=0", "finetune.d_steps=0: expected an int >= 1"),
+    ("finetune.d_steps=-1", "finetune.d_steps=-1: expected an int >= 0"),
     ("eval.shots=(0, 8)", "eval.shots=(0, 8): expected a non-empty tuple of ints >= 1"),
 ])
 def test_each_mistake_is_named_by_its_field(override, message):

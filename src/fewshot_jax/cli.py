@@ -144,7 +144,12 @@ def cmd_prepare_landmarks(args: argparse.Namespace, overrides: Sequence[str]) ->
 
   if not pathlib.Path(args.input).is_dir():
     raise FileNotFoundError(f"--input {args.input}: no such folder (expected the videos' root)")
+  if args.backend is None:  # the paper's landmarks for VoxCeleb2; dlib works offline elsewhere
+    args.backend = "fan" if args.layout == "voxceleb2" else "dlib"
+  if args.test_frames_per_video is None:  # K = 32 shots + 32 targets (the paper's protocol)
+    args.test_frames_per_video = 64 if args.layout == "voxceleb2" else args.frames_per_video
   for flag, value, low in (("--frames-per-video", args.frames_per_video, 2),
+                           ("--test-frames-per-video", args.test_frames_per_video, 2),
                            ("--image-size", args.image_size, 16), ("--workers", args.workers, 1),
                            ("--jpeg-quality", args.jpeg_quality, 1)):
     if value < low:
@@ -162,7 +167,7 @@ def cmd_prepare_landmarks(args: argparse.Namespace, overrides: Sequence[str]) ->
   opts = landmark_cache.PrepOptions(
       frames_per_video=args.frames_per_video, image_size=args.image_size, enlarge=args.enlarge,
       jpeg_quality=args.jpeg_quality, min_face_size=args.min_face_size, backend=args.backend,
-      backend_options=backend_options)
+      backend_options=backend_options, test_frames_per_video=args.test_frames_per_video)
   summary = landmark_cache.build_cache(entries, args.cache, opts, workers=args.workers,
                                        retry_rejected=args.retry_rejected, rebuild=args.rebuild)
   print(json.dumps(summary))
@@ -346,14 +351,18 @@ def build_parser() -> argparse.ArgumentParser:
   q.add_argument("--input", required=True, help="root folder of the videos")
   q.add_argument("--layout", choices=("voxceleb2", "folder"), default="folder")
   q.add_argument("--cache", required=True, help="output folder: <key>.npz per video")
-  q.add_argument("--backend", choices=("dlib", "fan"), default="dlib",
-                 help="dlib: offline HOG + shape predictor; fan: face-alignment S3FD + 2DFAN4")
+  q.add_argument("--backend", choices=("dlib", "fan"), default=None,
+                 help="dlib: offline HOG + shape predictor; fan: face-alignment S3FD + 2DFAN4 "
+                 "(default: fan for the voxceleb2 layout, as the paper; dlib for a folder)")
   q.add_argument("--upsample", type=int, default=1, help="dlib: detector upsampling steps")
   q.add_argument("--device", default=None, help="fan: cpu, cuda or cuda:N (default: cuda if seen)")
   q.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                  help="fan: average FAN over the mirrored crop too")
   q.add_argument("--workers", type=int, default=1, help="processes")
   q.add_argument("--frames-per-video", type=int, default=32)
+  q.add_argument("--test-frames-per-video", type=int, default=None,
+                 help="frames kept per test-split video (default: 64 for the voxceleb2 layout, "
+                 "enough for K = 32 shots and 32 targets; else --frames-per-video)")
   q.add_argument("--image-size", type=int, default=256)
   q.add_argument("--enlarge", type=float, default=1.8, help="crop side / landmark box side")
   q.add_argument("--jpeg-quality", type=int, default=95)

@@ -12,6 +12,9 @@ Conventions the checks enforce:
 * **Intervals** (``train.log_every``, ``checkpoint_every``, ``sample_every``, ``eval_every``,
   ``keep_every``) are ``>= 0``, and 0 means off, the same for each.
 * **Files** named by the config (perceptual weights) must exist now, not at the first step.
+* **The paper's loss**: a config with ``loss.allow_pixel_fallback=False`` (``paper_256`` and the
+  ``vox2_256*`` configs) is refused without both VGG paths, instead of training pixel L1 with one
+  log line that no result file repeats.
 * **Memory**: a synthetic source that would not fit in this machine's memory streams instead
   (``data/sources.py``); ``synthetic_bytes`` is the arithmetic both use.
 """
@@ -121,6 +124,8 @@ def validate(cfg: ml_collections.ConfigDict, *, check_files: bool = True) -> Non
   for name in ("cycle_length", "shuffle_window", "prefetch", "frame_stride"):
     _check(p, f"data.{name}", d[name], pos, "an int >= 1")
   _check(p, "data.workers", d.workers, nonneg, "an int >= 0 (0: decode on a thread)")
+  _check(p, "data.expected_detector", d.expected_detector, lambda v: v in ("", "dlib", "fan"),
+         "'', 'dlib' or 'fan'")
   _check(p, "data.num_eval_videos", d.num_eval_videos, nonneg, "an int >= 0")
   if d.source == "synthetic":
     _check(p, "data.num_train_videos", d.num_train_videos, pos, "an int >= 1")
@@ -132,6 +137,12 @@ def validate(cfg: ml_collections.ConfigDict, *, check_files: bool = True) -> Non
   for name in ("vgg19_weight", "vggface_weight", "vgg16_weight", "pixel_weight", "adv_weight",
                "fm_weight", "match_weight"):
     _check(p, f"loss.{name}", lo[name], nonneg, ">= 0")
+  missing = [n for n in ("vgg19_path", "vggface_path") if not lo[n]]
+  if missing and not lo.allow_pixel_fallback:
+    p.append(f"loss.{missing[0]}: not set, and this config trains the paper's perceptual loss "
+             f"(loss.allow_pixel_fallback=False): set {' and '.join('loss.' + n for n in missing)} "
+             "(`fewshot-jax convert-weights`), or --config.loss.allow_pixel_fallback=True to "
+             "train with pixel L1 instead")
   for name in ("vgg19_path", "vggface_path", "vgg16_path"):
     path = lo[name]
     if check_files and path and not pathlib.Path(os.path.expanduser(path)).is_file():
@@ -142,6 +153,8 @@ def validate(cfg: ml_collections.ConfigDict, *, check_files: bool = True) -> Non
 
   _check(p, "train.variant", t.variant, lambda v: v in ("ft", "ff"), "'ft' or 'ff'")
   _check(p, "train.steps", t.steps, nonneg, "an int >= 0")
+  _check(p, "train.epochs", t.epochs, nonneg,
+         ">= 0 (0: train.steps as given; > 0: steps from the training set's size)")
   _check(p, "train.batch_size", t.batch_size, pos, "an int >= 1")
   _check(p, "train.k_shots", t.k_shots, pos, "an int >= 1")
   _check(p, "train.d_steps", t.d_steps, pos, "an int >= 1 (D updates per G update)")
@@ -165,7 +178,7 @@ def validate(cfg: ml_collections.ConfigDict, *, check_files: bool = True) -> Non
   _check(p, "finetune.steps", f.steps, nonneg, "an int >= 0 (0: feed-forward)")
   for name in ("lr_g", "lr_d"):
     _check(p, f"finetune.{name}", f[name], pos, "> 0")
-  _check(p, "finetune.d_steps", f.d_steps, pos, "an int >= 1")
+  _check(p, "finetune.d_steps", f.d_steps, nonneg, "an int >= 0 (0: train.d_steps)")
 
   _check(p, "eval.shots", e.shots, lambda v: len(v) > 0 and _ints(v) and min(v) >= 1,
          "a non-empty tuple of ints >= 1")

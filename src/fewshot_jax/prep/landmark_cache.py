@@ -63,6 +63,15 @@ class PrepOptions:
   candidates_per_frame: int = 2  # frames run through the detector per frame kept
   backend: str = "dlib"
   backend_options: tuple[tuple[str, Any], ...] = (("upsample", 1),)
+  # Frames kept per video of the test split (0: frames_per_video). The paper's protocol takes
+  # K = 32 shots from the first half and 32 targets from the second: 64 frames.
+  test_frames_per_video: int = 0
+
+  def frames_for(self, entry: VideoEntry) -> tuple[int, str]:
+    """Frames to keep of ``entry``, and the option that says so (for a rejection's message)."""
+    if entry.split == "test" and self.test_frames_per_video:
+      return self.test_frames_per_video, "test_frames_per_video"
+    return self.frames_per_video, "frames_per_video"
 
 
 class Rejected(Exception):
@@ -82,10 +91,17 @@ def entry_path(cache: pathlib.Path, key: str) -> pathlib.Path:
   return cache / f"{key}.npz"
 
 
-def options_record(opts: PrepOptions) -> dict[str, Any]:
+def options_record(opts: PrepOptions, entry: VideoEntry | None = None) -> dict[str, Any]:
   """The options that decide what an entry holds (as JSON would give them back), for comparing a
-  cache entry or a rejection with a re-run's options."""
+  cache entry or a rejection with a re-run's options.
+
+  With ``entry``, ``frames_per_video`` is the count kept for that entry's split and
+  ``test_frames_per_video`` is left out, so changing the test split's count redoes only the
+  test split's entries."""
   record = dataclasses.asdict(opts)
+  if entry is not None:
+    record["frames_per_video"] = opts.frames_for(entry)[0]
+    del record["test_frames_per_video"]
   record["backend_options"] = {k: v for k, v in opts.backend_options
                                if k not in _SPEED_ONLY_OPTIONS}
   record["decoder"] = video_lib.DECODER_VERSION
@@ -119,11 +135,11 @@ def prepare_video(
     except VideoError as e:
       raise Rejected(e.kind, str(e)) from e
   total = sum(counts)
-  if total < opts.frames_per_video:
-    raise Rejected("too few frames",
-                   f"too few frames: {total} < frames_per_video={opts.frames_per_video}")
+  keep_n, flag = opts.frames_for(entry)
+  if total < keep_n:
+    raise Rejected("too few frames", f"too few frames: {total} < {flag}={keep_n}")
   # Candidate frames spread evenly over all clips; the detector runs on these only.
-  n_cand = min(total, opts.candidates_per_frame * opts.frames_per_video)
+  n_cand = min(total, opts.candidates_per_frame * keep_n)
   wanted = set(np.linspace(0, total - 1, n_cand).round().astype(int).tolist())
   starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
   frames: list[np.ndarray] = []
@@ -150,11 +166,10 @@ def prepare_video(
         and len(other.frames) >= 0.5 * len(main.frames)):
       raise Rejected("several faces", f"several faces: a second face of {other.mean_size:.0f} px in "
                      f"{len(other.frames)} of {len(frames)} sampled frames")
-  if len(main.frames) < opts.frames_per_video:
+  if len(main.frames) < keep_n:
     raise Rejected("too few frames with the face",
-                   f"too few frames with the face: {len(main.frames)} < "
-                   f"frames_per_video={opts.frames_per_video}")
-  keep = np.linspace(0, len(main.frames) - 1, opts.frames_per_video).round().astype(int)
+                   f"too few frames with the face: {len(main.frames)} < {flag}={keep_n}")
+  keep = np.linspace(0, len(main.frames) - 1, keep_n).round().astype(int)
   points = np.stack([main.faces[k].landmarks for k in keep])
   boxes = crop_lib.crop_boxes(points, opts.enlarge)
   jpegs, crop_points = [], []
@@ -173,7 +188,7 @@ def prepare_video(
       "image_size": opts.image_size,
       "enlarge": opts.enlarge,
       "jpeg_quality": opts.jpeg_quality,
-      "options": options_record(opts),
+      "options": options_record(opts, entry),
   }
   return {
       "jpeg": np.concatenate(jpegs),
@@ -265,7 +280,7 @@ def _check_unique_keys(entries: Sequence[VideoEntry]) -> None:
     seen[e.key] = e
 
 
-def _plan(entries: Sequence[VideoEntry], cache: pathlib.Path, wanted: dict[str, Any],
+def _plan(entries: Sequence[VideoEntry], cache: pathlib.Path, opts: PrepOptions,
           retry_rejected: bool, rebuild: bool) -> tuple[list[VideoEntry], dict[str, int]]:
   """The videos to (re)do, and counts of why.
 
@@ -279,6 +294,7 @@ def _plan(entries: Sequence[VideoEntry], cache: pathlib.Path, wanted: dict[str, 
   mismatched: list[tuple[pathlib.Path, list[str]]] = []
   for e in entries:
     path = entry_path(cache, e.key)
+    wanted = options_record(opts, e)
     if path.exists():
       try:
         differences = option_differences(_built_with(read_meta(path)), wanted)
@@ -333,8 +349,8 @@ def build_cache(
   """
   cache = pathlib.Path(cache)
   _check_unique_keys(entries)
-  wanted = options_record(opts)
-  todo, why = _plan(entries, cache, wanted, retry_rejected, rebuild) if cache.is_dir() else (
+  by_key = {e.key: e for e in entries}
+  todo, why = _plan(entries, cache, opts, retry_rejected, rebuild) if cache.is_dir() else (
       list(entries), {})
   cache.mkdir(parents=True, exist_ok=True)
   skipped = len(entries) - len(todo)
@@ -351,7 +367,7 @@ def build_cache(
         written += 1
       else:
         reasons[rejection.kind] += 1
-        line = {"key": key, "kind": rejection.kind, "reason": str(rejection), "options": wanted}
+        line = {"key": key, "kind": rejection.kind, "reason": str(rejection), "options": options_record(opts, by_key[key])}
         rejected.write(json.dumps(line) + "\n")
         rejected.flush()
         os.fsync(rejected.fileno())

@@ -15,11 +15,13 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 @dataclasses.dataclass(frozen=True)
 class VideoEntry:
-  """One video to prepare: a stable key, its identity, and its clip files in order."""
+  """One video to prepare: a stable key, its identity, its clip files in order, and the split it
+  goes to (the test split may keep more frames: ``PrepOptions.test_frames_per_video``)."""
 
   key: str
   identity: str
   clips: tuple[pathlib.Path, ...]
+  split: str = "train"
 
 
 def _is_video(p: pathlib.Path) -> bool:
@@ -38,7 +40,8 @@ def voxceleb2(root: str | pathlib.Path) -> list[VideoEntry]:
       for vid in sorted(p for p in ident.iterdir() if p.is_dir()):
         clips = tuple(sorted(p for p in vid.iterdir() if _is_video(p)))
         if clips:
-          entries.append(VideoEntry(f"{split}/{ident.name}/{vid.name}", ident.name, clips))
+          entries.append(VideoEntry(f"{split}/{ident.name}/{vid.name}", ident.name, clips,
+                                    "test" if split == "test" else "train"))
   if not entries:
     raise FileNotFoundError(
         f"{root}: no videos in the VoxCeleb2 layout (<root>/dev|test/mp4/idNNNNN/<video_id>/*.mp4)"

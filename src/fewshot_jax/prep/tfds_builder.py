@@ -143,6 +143,8 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         }),
         supervised_keys=None,
         homepage="https://arxiv.org/abs/1905.08233",
+        # Written as metadata.json: the detectors per split (prep/provenance.py).
+        metadata=tfds.core.MetadataDict(),
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -152,9 +154,12 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if cfg.num_test_videos:
         from fewshot_jax.data.synthetic import HELDOUT_SEED_OFFSET as off  # pylint: disable=g-import-not-at-top
         splits["test"] = range(off, off + cfg.num_test_videos)
+      self._record_detectors({
+          name: [("synthetic", f"exact landmarks, generator v{_synthetic_version()}")] * len(seeds)
+          for name, seeds in splits.items()})
       return {name: self._generate_examples("synthetic", seeds) for name, seeds in splits.items()}
     cache = pathlib.Path(dl_manager.manual_dir)
-    paths = self._readable_entries(cache)
+    paths, detectors = self._readable_entries(cache)
     if cfg.source == "voxceleb2":
       splits = {"train": [p for p in paths if p.relative_to(cache).parts[0] == "dev"],
                 "test": [p for p in paths if p.relative_to(cache).parts[0] == "test"]}
@@ -167,12 +172,23 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         raise ValueError(f"{cache}: crops are {', '.join(f'{s} px' for s in sorted(sizes))}, "
                          f"config {cfg.name!r} expects {cfg.image_size} px")
       raise FileNotFoundError(f"{cache}: no cache entries (*.npz) for config {cfg.name!r}")
+    self._record_detectors({name: [detectors[q] for q in p] for name, p in splits.items()})
     return {name: self._generate_examples("cache", p) for name, p in splits.items()}
 
-  def _readable_entries(self, cache: pathlib.Path) -> list[pathlib.Path]:
-    """Cache entries in key order; an unreadable or mismatched one is skipped with a warning,
-    before video indices are assigned, so indices stay dense."""
-    good = []
+  def _record_detectors(self, per_split: dict[str, list[tuple[str, str]]]) -> None:
+    """The detector (and its weights' hashes) behind each split, into metadata.json."""
+    from fewshot_jax.prep import provenance  # pylint: disable=g-import-not-at-top
+
+    self.info.metadata[provenance.KEY] = {
+        name: provenance.summarize(pairs) for name, pairs in per_split.items()}
+
+  def _readable_entries(
+      self, cache: pathlib.Path
+  ) -> tuple[list[pathlib.Path], dict[pathlib.Path, tuple[str, str]]]:
+    """Cache entries in key order, and each one's (detector, version); an unreadable or
+    mismatched one is skipped with a warning, before video indices are assigned, so indices stay
+    dense."""
+    good, detectors = [], {}
     for path in sorted(cache.rglob("*.npz")):
       try:
         meta = landmark_cache.read_meta(path)
@@ -184,7 +200,8 @@ class TalkingHeads(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     meta["image_size"], self.builder_config.name, self.builder_config.image_size)
         continue
       good.append(path)
-    return good
+      detectors[path] = (str(meta.get("detector", "")), str(meta.get("detector_version", "")))
+    return good, detectors
 
   def download_and_prepare(self, *args: Any, **kwargs: Any) -> None:
     """As TFDS's, but notes whether a Beam runner or Beam options were given: then the splits are
@@ -227,6 +244,11 @@ def _cache_example(
       "detector": meta["detector"],
       "detector_version": meta["detector_version"],
   }
+
+
+def _synthetic_version() -> int:
+  from fewshot_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  return synthetic.GENERATOR_VERSION
 
 
 def _synthetic_example(
