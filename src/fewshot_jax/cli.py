@@ -251,7 +251,8 @@ def cmd_evaluate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   result = report.evaluate_command(
       args.checkpoint, args.data_dir, args.dataset, args.split, report.parse_list(args.shots),
       report.parse_list(args.methods, str), args.out, args.face_metrics, args.landmarks,
-      args.max_videos, overrides, args.fid_weights, args.csim_embedder, args.arcface_weights)
+      args.max_videos, overrides, args.fid_weights, args.csim_embedder, args.arcface_weights,
+      args.seed)
   print((pathlib.Path(args.out) / "table.md").read_text())
   print(json.dumps({"out": args.out, "seconds": result["seconds"]}))
   return 0
@@ -309,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--shots", default="1,8,32", help="comma-separated K values")
   p.add_argument("--methods", default="ff,ft", help="comma-separated: ff, ft, nearest_shot")
   p.add_argument("--out", required=True, help="directory for eval.json, table.md, metrics_vs_k.png")
-  p.add_argument("--max-videos", type=int, default=None, help="evaluate the first N videos only")
+  p.add_argument("--max-videos", type=int, default=None,
+                 help="evaluate N videos drawn uniformly, stratified by identity (see --seed)")
+  p.add_argument("--seed", type=int, default=0, help="the --max-videos sample's seed (recorded)")
   p.add_argument("--face-metrics", action=argparse.BooleanOptionalAction, default=True,
                  help="CSIM, NME and AKD (needs dlib)")
   p.add_argument("--landmarks", choices=("dlib", "fan"), default="dlib")

@@ -348,6 +348,9 @@ def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str]
     row: dict[str, Any] = {"run": r.name, "config": r.config,
                            "overrides": " ".join(r.overrides), "step": ev["step"],
                            "csim_embedder": label_of(ev.get("face_metrics")) or ""}
+    header = ev.get("protocol") or {}  # what the numbers rest on (evaluation/report.py)
+    row["train_variant"] = header.get("train_variant", cfg.train.variant)
+    row["content_loss"] = header.get("content_loss", "unrecorded")
     for k, per_method in ev["results"].items():
       for method, values in per_method.items():
         for metric, value in values.items():

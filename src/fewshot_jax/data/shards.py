@@ -15,6 +15,7 @@ import logging
 import os
 import pathlib
 import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -150,7 +151,12 @@ class RecordParser:
         "landmarks": np.asarray(ex["landmarks"], np.float32).reshape(-1, 68, 2),
         "video_index": int(ex["video_index"]),
         "key": key.decode() if isinstance(key, bytes) else str(key),
+        "identity": _text(ex.get("identity", key)),
     }
+
+
+def _text(value: Any) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class CheckedParser:
@@ -206,12 +212,19 @@ def iter_records(split: Split):
 
 
 def read_videos(
-    directory: str | os.PathLike, split: str, max_videos: int | None = None
+    directory: str | os.PathLike, split: str, max_videos: int | None = None,
+    choose: Callable[[list[str]], Sequence[int]] | None = None,
 ) -> dict[str, np.ndarray]:
   """A split's videos decoded into arrays, in ``video_index`` order (for evaluation).
 
+  Args:
+    choose: given every video's identity (in ``video_index`` order), the positions to keep
+      (evaluation's stratified sample); applied before ``max_videos`` and before any JPEG is
+      decoded.
+
   Returns:
-    ``frames`` uint8 ``[V, T, S, S, 3]``, ``landmarks`` f32 ``[V, T, 68, 2]``, ``keys`` ``[V]``.
+    ``frames`` uint8 ``[V, T, S, S, 3]``, ``landmarks`` f32 ``[V, T, 68, 2]``, ``keys`` ``[V]``,
+    ``identities`` ``[V]``.
 
   Raises:
     ValueError: the videos have different frame counts (they cannot be stacked; the message names
@@ -222,6 +235,8 @@ def read_videos(
   s = open_split(directory, split)
   parse = s.parser()
   videos = sorted((parse(r) for r in iter_records(s)), key=lambda v: v["video_index"])
+  if choose is not None:
+    videos = [videos[i] for i in sorted(choose([v["identity"] for v in videos]))]
   if max_videos is not None:
     videos = videos[:max_videos]
   lengths = {len(v["frames"]) for v in videos}
@@ -235,4 +250,5 @@ def read_videos(
       "frames": np.stack([np.stack([jpeg.decode(f) for f in v["frames"]]) for v in videos]),
       "landmarks": np.stack([v["landmarks"] for v in videos]),
       "keys": np.asarray([v["key"] for v in videos]),
+      "identities": np.asarray([v["identity"] for v in videos]),
   }

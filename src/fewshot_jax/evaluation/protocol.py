@@ -29,11 +29,67 @@ from fewshot_jax.models.talking_head import ModelVars
 from fewshot_jax.progress import Progress
 
 
+# The paper's Table 1 protocol: K in {1, 8, 32}, 32 hold-out targets per video.
+PAPER_SHOTS = (1, 8, 32)
+PAPER_TARGETS = 32
+
+
+def frames_needed(k: int, num_targets: int = 0) -> int:
+  """Frames a held-out video needs for K shots in its first half and ``num_targets`` in its
+  second."""
+  return 2 * max(k, num_targets)
+
+
+def check_shots(shots: tuple[int, ...] | list[int], num_frames: int, where: str) -> None:
+  """Refuses K values that ``num_frames``-frame held-out videos cannot serve, naming the frames
+  each needs and how to prepare them."""
+  bad = [k for k in shots if k > num_frames // 2]
+  if bad:
+    need = frames_needed(max(bad))
+    raise ValueError(
+        f"{where}: K={', '.join(map(str, bad))} needs held-out videos of at least {need} frames "
+        f"(K shots from the first half, targets from the second); these have {num_frames}: "
+        f"prepare the test split with `fewshot-jax prepare landmarks --test-frames-per-video "
+        f"{max(need, 2 * PAPER_TARGETS)}`, or pass --shots without "
+        f"{', '.join(map(str, bad))}")
+
+
+def sample_videos(identities: list[str] | np.ndarray, n: int | None, seed: int) -> np.ndarray:
+  """Positions of ``n`` videos drawn uniformly at random and stratified by identity.
+
+  Identities are visited in a random order and each gives one of its videos (drawn at random)
+  per round, so ``n`` videos span ``min(n, identities)`` people instead of the first one or two
+  in key order, and no identity has two more videos than another unless it is the only one left
+  with videos. ``n`` None (or at least the number of videos) keeps every video.
+
+  Returns:
+    Sorted positions into ``identities``.
+  """
+  identities = [str(i) for i in identities]
+  if n is None or n >= len(identities):
+    return np.arange(len(identities))
+  if n < 1:
+    raise ValueError(f"--max-videos {n}: expected at least 1")
+  rng = np.random.default_rng(seed)
+  groups: dict[str, list[int]] = {}
+  for i, ident in enumerate(identities):
+    groups.setdefault(ident, []).append(i)
+  order = [list(rng.permutation(groups[name])) for name in sorted(groups)]
+  order = [order[j] for j in rng.permutation(len(order))]
+  picked: list[int] = []
+  while len(picked) < n:
+    for videos in order:
+      if videos and len(picked) < n:
+        picked.append(int(videos.pop()))
+  return np.sort(np.asarray(picked))
+
+
 def split_video(num_frames: int, k: int, num_targets: int) -> tuple[np.ndarray, np.ndarray]:
   """Shot and target frame indices: K shots spread over the first half, targets from the second."""
   half = num_frames // 2
   if k > half:
-    raise ValueError(f"K={k} shots do not fit in the first half ({half} frames) of the video")
+    raise ValueError(f"K={k} shots do not fit in the first half ({half} frames) of the video: "
+                     f"it needs {frames_needed(k)} frames")
   shots = np.unique(np.linspace(0, half - 1, k).round().astype(int))
   targets = np.arange(half, num_frames)
   if num_targets < len(targets):

@@ -20,6 +20,7 @@ Table 1: a row per method and K) and ``metrics_vs_k.png``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import pathlib
@@ -34,6 +35,8 @@ from fewshot_jax.atomic_files import atomic_path, write_json, write_text
 from fewshot_jax.evaluation import metrics as image_metrics
 from fewshot_jax.evaluation import protocol
 from fewshot_jax.progress import Progress
+
+log = logging.getLogger("fewshot_jax")
 
 METHODS = ("ff", "ft", "nearest_shot")
 FACE_MIN_SIZE = 256
@@ -62,6 +65,7 @@ class EvalSettings:
   arcface_weights: str | None = None  # a `convert-weights --kind arcface` file (csim_embedder)
   # A `convert-weights --kind lpips` file; None: lpips.default_weights_path() if it exists.
   lpips_weights: str | None = None
+  seed: int = 0  # the held-out sample's seed (`--max-videos`), recorded in the header
 
 
 def _upscaled(frames: np.ndarray, factor: int) -> list[np.ndarray]:
@@ -122,6 +126,7 @@ def evaluate(
     out_dir: str | os.PathLike,
     data_description: str = "",
     write: bool = True,
+    sample: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Runs the protocol for every K in ``settings.shots`` and writes the three files.
 
@@ -133,17 +138,16 @@ def evaluate(
     data_description: where the videos came from (recorded in eval.json).
     write: False computes the report without writing it (a multi-host sweep's other processes,
       which evaluate in step with process 0 so the slice stays in step for the next run).
+    sample: how the videos were drawn and what made them: ``identities`` (one per video),
+      ``sampling`` (a sentence) and ``landmark_detector`` (``prep.provenance.check_detector``);
+      recorded in the protocol header.
   """
   from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
 
   unknown = sorted(set(settings.methods) - set(METHODS))
   if unknown:
     raise ValueError(f"unknown methods {unknown}: expected some of {METHODS}")
-  half = frames.shape[1] // 2
-  too_many = [k for k in settings.shots if k > half]
-  if too_many:
-    raise ValueError(f"K={too_many} shots do not fit in the first half ({half} frames) of the "
-                     f"{frames.shape[1]}-frame held-out videos")
+  protocol.check_shots(settings.shots, frames.shape[1], data_description or "held-out videos")
   t0 = time.perf_counter()
   backend = embedder = None
   if settings.face_metrics:
@@ -164,6 +168,10 @@ def evaluate(
   real = frames[:, targets].reshape((-1,) + frames.shape[2:])
   refs = face_references(real, backend, embedder) if backend is not None else None
   real_features = inception(real) if inception is not None else None
+  header = protocol_header(run, frames.shape[0], len(targets), settings, content, embedder,
+                           sample or {})
+  for line in protocol_warnings(header, settings.methods):
+    log.warning("evaluate: %s", line)
   per_k = len(real) * len(settings.methods)
   progress = Progress(per_k * len(settings.shots), "score", "frames")
   results: dict[str, dict[str, dict[str, float]]] = {}
@@ -176,8 +184,9 @@ def evaluate(
       row = score_pairs(fake, real, backend, embedder, refs, progress, lpips_metric)
       if inception is not None:
         row = {"fid": fid.fid(inception(fake), real_features), **row}
-      results[f"k{k}"][m] = row
+      results[f"k{k}"][m] = {**row, "model_variant": header["train_variant"]}
   report = {
+      "protocol": header,
       "checkpoint": str(run.workdir), "step": run.step,
       "data": data_description, "videos": int(len(frames)), "frames_per_video": int(frames.shape[1]),
       "targets_per_video": int(cfg.eval.targets_per_video),
@@ -213,6 +222,55 @@ def _load_lpips(path: str | None) -> Any:
   return lpips.Lpips(path)  # a named file that is missing or wrong is an error, not a skip
 
 
+def protocol_header(run: Any, num_videos: int, num_targets: int, settings: EvalSettings,
+                    content: Any, embedder: Any, sample: dict[str, Any]) -> dict[str, Any]:
+  """What a reader needs to set a table beside the paper's: the sample, the model and the tools.
+
+  ``train_variant`` is the checkpoint's (``train.variant``: "ft" trained with the embedding-match
+  loss, "ff" without); ``content_loss`` is what training used (``runtime.content_loss``), beside
+  the one fine-tuning used here.
+  """
+  cfg = run.config
+  runtime = cfg.get("runtime", None) or {}
+  identities = sample.get("identities")
+  detector = sample.get("landmark_detector") or {}
+  steps_from_epochs = runtime.get("steps_from_epochs", None)
+  return {
+      "videos": int(num_videos),
+      "identities": int(len(set(map(str, identities)))) if identities is not None else None,
+      "targets_per_video": int(num_targets),
+      "targets": int(num_videos * num_targets),
+      "seed": int(settings.seed),
+      "sampling": sample.get("sampling", "every video given"),
+      "checkpoint_step": int(run.step),
+      "train_variant": str(cfg.train.variant),
+      "train_epochs": (float(steps_from_epochs["epochs"]) if steps_from_epochs else None),
+      "content_loss": str(runtime.get("content_loss", "unrecorded (a run from before it was)")),
+      "finetune_content_loss": content.description,
+      "landmark_detector": detector.get("detector", "unrecorded"),
+      "landmark_detector_version": detector.get("description", "unrecorded"),
+      "expected_detector": str(cfg.data.get("expected_detector", "")) or None,
+      "csim_embedder": getattr(embedder, "name", None) if embedder is not None else None,
+  }
+
+
+def protocol_warnings(header: dict[str, Any], methods: Sequence[str]) -> list[str]:
+  """Where this evaluation departs from the paper's protocol, one sentence each."""
+  out = []
+  if "ff" in methods and header["train_variant"] == "ft":
+    out.append("the FF rows come from an FT-trained model (train.variant='ft', with the match "
+               "loss); the paper's Ours-FF is a model trained without it (vox2_256_ff)")
+  if header["targets_per_video"] < protocol.PAPER_TARGETS:
+    out.append(f"{header['targets_per_video']} targets per video, the paper has "
+               f"{protocol.PAPER_TARGETS} (FID and every mean are over fewer frames); prepare the "
+               "test split with --test-frames-per-video 64")
+  expected = header.get("expected_detector")
+  if expected and header["landmark_detector"] != expected:
+    out.append(f"the landmarks are {header['landmark_detector']}'s, this config expects "
+               f"{expected}'s (data.expected_detector)")
+  return out
+
+
 def _finite_or_null(tree: Any) -> Any:
   """NaN/inf -> None, so eval.json is strict JSON (a metric with no usable frame is null)."""
   if isinstance(tree, dict):
@@ -240,15 +298,18 @@ def report_columns(report: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
 def format_table(report: dict[str, Any]) -> str:
   """Markdown in the shape of the paper's Table 1: one row per method and K."""
   cols = report_columns(report)
-  lines = ["| method | K | " + " | ".join(c[1] for c in cols) + " |",
-           "|---|---|" + "---|" * len(cols)]
+  lines = format_header(report.get("protocol"))
+  lines += ["| method | model | K | " + " | ".join(c[1] for c in cols) + " |",
+            "|---|---|---|" + "---|" * len(cols)]
   for method in report["methods"]:
     for key, per_k in report["results"].items():
       row = per_k[method]
       cells = [fmt.format(row[c]) if c in row and math.isfinite(row[c]) else "–"
                for c, _, fmt, _ in cols]
+      model = ("–" if method == "nearest_shot" else
+               f"{str(row.get('model_variant', '?')).upper()}-trained")
       lines.append(f"| {method.upper() if method != 'nearest_shot' else 'nearest shot'} | "
-                   f"{key[1:]} | " + " | ".join(cells) + " |")
+                   f"{model} | {key[1:]} | " + " | ".join(cells) + " |")
   fid_note = ("FID: not computed (no Inception weights: `--fid-weights`)."
               if report.get("fid") is None else
               f"FID over {report['fid']['real_frames']} frames per method and K.")
@@ -257,6 +318,25 @@ def format_table(report: dict[str, Any]) -> str:
   return "\n".join(lines) + f"\n\n{report['videos']} held-out videos × " \
       f"{report['targets_per_video']} targets; FT = {report['finetune_steps']} steps. {fid_note} " \
       f"{lpips_note}\n"
+
+
+def format_header(header: dict[str, Any] | None) -> list[str]:
+  """The protocol as markdown lines above the table (nothing for a report without one)."""
+  if not header:
+    return []
+  ids = header["identities"] if header["identities"] is not None else "unrecorded"
+  lines = [
+      f"Protocol: {header['videos']} videos of {ids} identities, {header['targets_per_video']} "
+      f"targets each ({header['targets']} in all), seed {header['seed']} "
+      f"({header['sampling']}).",
+      f"Model: checkpoint step {header['checkpoint_step']}, trained as "
+      f"{header['train_variant'].upper()} (train.variant={header['train_variant']!r}"
+      + (f", {header['train_epochs']:g} epochs" if header.get("train_epochs") else "")
+      + f"); content loss: {header['content_loss']}.",
+      f"Landmarks: {header['landmark_detector']} ({header['landmark_detector_version']}). "
+      f"CSIM embedder: {header['csim_embedder'] or 'none (face metrics off)'}.",
+  ]
+  return [*lines, ""]
 
 
 def plot_metrics(report: dict[str, Any], path: pathlib.Path) -> None:
@@ -296,19 +376,28 @@ def evaluate_command(checkpoint: str, data_dir: str, dataset: str, split: str, s
                      methods: Sequence[str], out: str, face: bool, landmarks: str,
                      max_videos: int | None, overrides: Sequence[str],
                      fid_weights: str | None = None, csim_embedder: str = "dlib",
-                     arcface_weights: str | None = None) -> dict[str, Any]:
+                     arcface_weights: str | None = None, seed: int = 0) -> dict[str, Any]:
   """What ``fewshot-jax evaluate`` runs: load, read the held-out split, evaluate, write."""
   from fewshot_jax.data import shards  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
 
+  from fewshot_jax.prep import provenance  # pylint: disable=g-import-not-at-top
+
   run = load_run(checkpoint, overrides=overrides)
   directory = shards.find_dataset_dir(data_dir, dataset)
-  held = shards.read_videos(directory, split, max_videos)
+  held = shards.read_videos(directory, split,
+                            choose=lambda ids: protocol.sample_videos(ids, max_videos, seed))
+  detector = provenance.check_detector(directory, split,
+                                       run.config.data.get("expected_detector", ""), "evaluate")
+  sampling = ("every video of the split" if max_videos is None else
+              f"--max-videos {max_videos}: uniform, stratified by identity")
   size = run.config.model.image_size
   if held["frames"].shape[2] != size:
     raise ValueError(f"{directory}: frames are {held['frames'].shape[2]} px, the checkpoint's "
                      f"model.image_size is {size}")
   return evaluate(run, held["frames"], held["landmarks"],
                   EvalSettings(tuple(shots), tuple(methods), face, landmarks, fid_weights,
-                               csim_embedder, arcface_weights), out,
-                  data_description=f"{directory} split {split}")
+                               csim_embedder, arcface_weights, seed=seed),
+                  out, data_description=f"{directory} split {split}",
+                  sample={"identities": held["identities"], "sampling": sampling,
+                          "landmark_detector": detector})

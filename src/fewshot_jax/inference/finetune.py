@@ -109,6 +109,14 @@ def init_finetune(
   )
 
 
+def d_steps(cfg: ml_collections.ConfigDict) -> int:
+  """D updates per G update when fine-tuning: ``finetune.d_steps``, or with 0 (the default) the
+  meta-learning schedule's ``train.d_steps`` (2 in the paper), so that fine-tuning continues the
+  game G and D were trained in rather than one that favours G."""
+  n = int(cfg.finetune.get("d_steps", 0))
+  return n if n > 0 else int(cfg.train.d_steps)
+
+
 def make_finetune_step(
     graphdef: nnx.GraphDef, cfg: ml_collections.ConfigDict, content: ContentLoss
 ) -> Callable[..., tuple[FinetuneState, dict[str, jax.Array]]]:
@@ -116,9 +124,10 @@ def make_finetune_step(
 
   ``frames`` uint8 ``[K, H, W, 3]`` and ``points`` ``[K, 68, 2]`` are the shots; each step trains G
   (and ψ') against them with the content, adversarial and feature-matching losses, then D
-  ``finetune.d_steps`` times with the hinge loss. ``base_vars`` supplies the frozen embedder.
+  ``d_steps(cfg)`` times with the hinge loss. ``base_vars`` supplies the frozen embedder.
   """
   lc = cfg.loss
+  n_d = d_steps(cfg)
   opt_g, opt_d = _optimizers(cfg)
 
   def step(fs: FinetuneState, base: ModelVars, frames, points, content_params):
@@ -148,7 +157,7 @@ def make_finetune_step(
     gen, psi = optax.apply_updates((fs.generator, fs.psi), updates)
     images = jnp.concatenate([jax.lax.stop_gradient(fake), real], 0)
     d, w_proj, od = fs.d, fs.w_proj, fs.opt_d
-    for _ in range(cfg.finetune.d_steps):
+    for _ in range(n_d):
 
       def d_loss(trainable, sn=sn):
         d_params, w = trainable

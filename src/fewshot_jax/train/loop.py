@@ -39,10 +39,12 @@ from fewshot_jax.atomic_files import filesystem_path, write_text
 from fewshot_jax.content import ContentLoss, build_content_loss
 from fewshot_jax.data import episodes
 from fewshot_jax.images import to_uint8
+from fewshot_jax.prep import provenance
 from fewshot_jax.host_memory import release_freed_heap
 from fewshot_jax.progress import Progress
 from fewshot_jax.train import checkpoint as ckpt_lib
 from fewshot_jax.train import resume
+from fewshot_jax.train import schedule
 from fewshot_jax.train import sharding as sh
 from fewshot_jax.train import state as st
 from fewshot_jax.train import step as step_lib
@@ -65,7 +67,9 @@ class TrainResult:
 
 
 def run_config(
-    cfg: ml_collections.ConfigDict, num_videos: int, content: ContentLoss
+    cfg: ml_collections.ConfigDict, num_videos: int, content: ContentLoss,
+    steps_from_epochs: dict[str, Any] | None = None,
+    detector: dict[str, Any] | None = None,
 ) -> ml_collections.ConfigDict:
   """The config as saved with the run: every field plus what was decided at run time."""
   out = ml_collections.ConfigDict(cfg.to_dict())
@@ -74,6 +78,10 @@ def run_config(
   out.runtime.content_loss = content.description
   # What the perceptual weights were, so a resume may name the same files at another path.
   out.runtime.content_weights = resume.weight_hashes(cfg)
+  if steps_from_epochs is not None:
+    out.runtime.steps_from_epochs = steps_from_epochs
+  if detector is not None:
+    out.runtime.landmark_detector = detector
   out.runtime.jax_version = jax.__version__
   out.runtime.devices = f"{jax.device_count()} x {jax.devices()[0].platform}"
   out.runtime.processes = jax.process_count()
@@ -251,8 +259,18 @@ def train(
   config_checks.validate(cfg)  # before a mesh, a dataset or a program is built
   workdir = filesystem_path(workdir, "workdir")
   workdir.mkdir(parents=True, exist_ok=True)
-  tc = cfg.train
   num_videos = source.num_videos
+  # train.epochs: the step count follows the training set's size (train/schedule.py).
+  cfg, steps_from_epochs = schedule.resolve_steps(cfg, num_videos)
+  if steps_from_epochs is not None:
+    log.info("train.steps=%d: %g epochs of %d videos at batch %d", cfg.train.steps,
+             steps_from_epochs["epochs"], num_videos, cfg.train.batch_size)
+  tc = cfg.train
+  detector = None
+  split = getattr(source, "split", None)
+  if split is not None:  # shards: which detector made the landmarks, from the dataset's metadata
+    detector = provenance.check_detector(split.directory, split.split,
+                                         cfg.data.get("expected_detector", ""), "train")
 
   # Mesh and input.
   mesh = sh.make_mesh(cfg)
@@ -262,7 +280,7 @@ def train(
   # Model, content loss, state.
   content = build_content_loss(cfg.loss)
   log.info("content loss: %s", content.description)
-  saved_cfg = run_config(cfg, num_videos, content)
+  saved_cfg = run_config(cfg, num_videos, content, steps_from_epochs, detector)
   graphdef, _ = st.abstract_model(cfg, num_videos)
   ckpts = ckpt_lib.Checkpoints(workdir, keep=tc.keep_checkpoints, keep_every=tc.keep_every)
   # A resume is checked against the checkpoint's own config before anything in the run is
