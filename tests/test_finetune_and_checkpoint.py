@@ -190,11 +190,18 @@ def test_evaluate_writes_the_protocol_table_json_and_plot(trained, tmp_path):
   # Generated frames are not the real ones: every FID is above 0.
   fids = {m: report["results"]["k2"][m]["fid"] for m in ("ff", "ft", "nearest_shot")}
   assert min(fids.values()) > 0, fids
+  h = report["protocol"]  # the header a reader sets beside the paper's Table 1
+  assert (h["videos"], h["identities"], h["targets"], h["seed"]) == (3, 3, 6, 0)
+  assert h["checkpoint_step"] == report["step"] and h["train_variant"] == "ft"
+  assert h["landmark_detector"] == "synthetic" and h["content_loss"].startswith("pixel L1")
   table = (out / "table.md").read_text().splitlines()
-  assert table[0].startswith("| method | K | FID ↓ | SSIM")
-  assert [r.split("|")[1:3] for r in table[2:8]] == [
-      [" FF ", " 1 "], [" FF ", " 2 "], [" FT ", " 1 "], [" FT ", " 2 "],
-      [" nearest shot ", " 1 "], [" nearest shot ", " 2 "]]
+  assert table[0].startswith("Protocol: 3 videos of 3 identities, 2 targets each")
+  top = next(i for i, r in enumerate(table) if r.startswith("| method"))
+  assert table[top].startswith("| method | model | K | FID ↓ | SSIM")
+  assert [r.split("|")[1:4] for r in table[top + 2:top + 8]] == [
+      [" FF ", " FT-trained ", " 1 "], [" FF ", " FT-trained ", " 2 "],
+      [" FT ", " FT-trained ", " 1 "], [" FT ", " FT-trained ", " 2 "],
+      [" nearest shot ", " – ", " 1 "], [" nearest shot ", " – ", " 2 "]]
   assert Image.open(out / "metrics_vs_k.png").size[0] > 600
   # K that does not fit the first half of the 8-frame videos: one line, exit status 2.
   assert cli.main(["evaluate", "--checkpoint", str(workdir), "--data-dir", str(tmp_path / "data"),
