@@ -112,7 +112,7 @@ MARKER = "sweep_run.json"  # in each run's folder: which config it trains, as a 
 # resume it, and it is evaluated again at the new count). Any other change is another run.
 # The eval and finetune sections only change how a trained model is evaluated: a change there
 # evaluates again (``_evaluation_hash``), without training.
-_SAME_RUN_IGNORES = resume.EXECUTION + ("train.steps", "eval.", "finetune.")
+_SAME_RUN_IGNORES = resume.EXECUTION + ("train.steps", "train.epochs", "eval.", "finetune.")
 
 
 def config_hash(cfg) -> str:
@@ -195,6 +195,19 @@ def _done(rundir: pathlib.Path, digest: str, steps: int, evaluation: str | None 
                                                                   "sha256": evaluation}
 
 
+def _steps(rundir: pathlib.Path, cfg) -> int | None:
+  """The steps the entry's run trains for: ``train.steps``, or with ``train.epochs`` the count
+  training derived from the data's size and recorded in the run's config.json (None before the
+  run has started: then it is not done)."""
+  if float(cfg.train.get("epochs", 0.0)) <= 0:
+    return int(cfg.train.steps)
+  saved = _read_json(rundir / "config.json")
+  try:
+    return int(saved["train"]["steps"])
+  except (TypeError, KeyError, ValueError):
+    return None
+
+
 def _record_evaluation(rundir: pathlib.Path, steps: int, evaluation: str) -> None:
   marker = _read_json(rundir / MARKER)
   marker["evaluated"] = {"step": steps, "sha256": evaluation}
@@ -245,7 +258,7 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
   if dry_run:
     for r, cfg, d, rundir, state in zip(runs, configs, digests, rundirs, states):
       edited = rundir.name != r.name
-      state = ("done" if _done(rundir, d, cfg.train.steps) else
+      state = ("done" if _done(rundir, d, _steps(rundir, cfg)) else
                "entry edited: to run again" if edited and state == "new" else
                {"new": "to run", "same": "to resume"}[state])
       print(f"{r.name}: {r.config} {' '.join(r.overrides + tuple(extra))} "
@@ -273,7 +286,7 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
                                    fid_weights=fid_weights, csim_embedder=csim_embedder,
                                    arcface_weights=arcface_weights)
     evaluation = _evaluation_hash(cfg, settings)
-    if _done(rundir, digest, cfg.train.steps, evaluation):
+    if _done(rundir, digest, _steps(rundir, cfg), evaluation):
       print(f"{head}: done, skipped", flush=True)
       continue
     print(f"{head}: {r.config} {' '.join(r.overrides)}", flush=True)
@@ -284,12 +297,12 @@ def run_local(runs: Sequence[RunSpec], workdir: str | pathlib.Path, extra: Seque
     result = train(cfg, rundir, source, eval_source=held)
     step = int(jax.device_get(result.state.step))
     if result.preempted:
-      print(f"{head}: preempted at step {step} of {cfg.train.steps}; the sweep stops here and "
-            "resumes this run when it is run again", flush=True)
+      print(f"{head}: preempted at step {step} of {result.config.train.steps}; the sweep stops "
+            "here and resumes this run when it is run again", flush=True)
       return []
-    if step != cfg.train.steps:
+    if step != result.config.train.steps:
       raise ValueError(f"{rundir}: its checkpoint is at step {step}, not train.steps = "
-                       f"{cfg.train.steps}; it was trained outside this sweep entry")
+                       f"{result.config.train.steps}; it was trained outside this sweep entry")
     frames, points = heldout_arrays(held)
     report.evaluate(load_run(rundir), frames, points, settings, rundir / "eval",
                     data_description=f"{cfg.data.source} held-out videos", write=lead)
@@ -341,7 +354,7 @@ def collect(runs: Sequence[RunSpec], workdir: pathlib.Path, extra: Sequence[str]
     cfg = run_config(r, extra)
     digest = config_hash(cfg)
     rundir = run_dir(workdir, r.name, digest)
-    if not _done(rundir, digest, cfg.train.steps):
+    if not _done(rundir, digest, _steps(rundir, cfg)):
       continue
     path = rundir / "eval" / "eval.json"
     ev = json.loads(path.read_text())

@@ -46,7 +46,7 @@ EXECUTION = (
 )
 # Fields a resumed run may change; a name ending in "." allows its whole section.
 MAY_CHANGE = EXECUTION + (
-    "train.steps", "train.lr_g", "train.lr_d",
+    "train.steps", "train.epochs", "train.lr_g", "train.lr_d",
     "data.eval_split", "data.num_eval_videos",
     "eval.", "finetune.",
 )
