@@ -31,7 +31,9 @@ def perceptual_cfg(tmp_path_factory):
   for kind in ("vgg19", "vggface"):
     torch.save(_torch_model(kind).state_dict(), d / f"{kind}.pth")
     paths[kind] = d / f"{kind}.safetensors"
-    perceptual.convert_checkpoint(kind, str(d / f"{kind}.pth"), str(paths[kind]))
+    # The paper configs' VGG19 sees Caffe's inputs (loss.vgg19_preprocess='caffe').
+    perceptual.convert_checkpoint("vgg19_caffe" if kind == "vgg19" else kind,
+                                  str(d / f"{kind}.pth"), str(paths[kind]))
   cfg = tiny_config("loss.allow_pixel_fallback=False", f"loss.vgg19_path={paths['vgg19']}",
                     f"loss.vggface_path={paths['vggface']}")
   config_checks.validate(cfg)

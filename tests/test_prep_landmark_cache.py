@@ -88,7 +88,8 @@ def test_build_skips_bad_videos_with_reasons_and_resumes(vox_tree, tmp_path):
   # A re-run (through the CLI) redoes nothing and rewrites nothing.
   mtime = (cache / "dev/id00001/vidA.npz").stat().st_mtime_ns
   assert cli.main(["prepare", "landmarks", "--input", str(vox_tree), "--layout", "voxceleb2",
-                   "--cache", str(cache), "--frames-per-video", "16", "--image-size", "128"]) == 0
+                   "--backend", "dlib", "--cache", str(cache), "--frames-per-video", "16",
+                   "--image-size", "128"]) == 0
   assert (cache / "dev/id00001/vidA.npz").stat().st_mtime_ns == mtime
   assert len((cache / "rejected.jsonl").read_text().splitlines()) == 6
 
