@@ -189,7 +189,7 @@ def evaluate(
       "protocol": header,
       "checkpoint": str(run.workdir), "step": run.step,
       "data": data_description, "videos": int(len(frames)), "frames_per_video": int(frames.shape[1]),
-      "targets_per_video": int(cfg.eval.targets_per_video),
+      "targets_per_video": int(len(targets)),  # what was scored (the config asks up to this)
       "shots": list(settings.shots), "methods": list(settings.methods),
       "finetune_steps": int(cfg.finetune.steps),
       "face_metrics": ({"landmarks": backend.version,
