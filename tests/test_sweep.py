@@ -196,3 +196,7 @@ def test_tpu_runner_hands_each_run_to_launch_tpu_in_turn(tmp_path):
   assert r.returncode == 2 and "--runner tpu needs --tpu-name" in r.stderr
   with pytest.raises(ValueError, match="gs://b/x: a URL, not a folder; mount the bucket"):
     sweep.run_local(sweep.load_sweep("cpu_ablations"), "gs://b/x")
+  # A bad field in any run is named before the first launch, not on the TPU hours later.
+  with pytest.raises(ValueError, match="sweep run 'baseline': config: train.batch_size=0"):
+    sweep.launch_commands(sweep.load_sweep("cpu_ablations"), "/gcs/b",
+                          {"name": "t", "zone": "z", "project": "p"}, ["train.batch_size=0"])

@@ -318,9 +318,13 @@ def launch_commands(runs: Sequence[RunSpec], workdir: str, tpu: dict[str, str],
     if not tpu.get(key):
       raise ValueError(f"--runner tpu needs --tpu-{key}" if key == "name" else
                        f"--runner tpu needs --{key}")
+  for r in runs:  # fail here, not on the TPU after hours of earlier runs
+    try:
+      config_checks.validate(run_config(r, extra), check_files=False)  # files are the VM's
+    except ValueError as e:
+      raise ValueError(f"sweep run {r.name!r}: {e}") from e
   commands = []
   for r in runs:
-    run_config(r, extra)  # fail here, not on the TPU, for a config that does not load
     overrides = [o if o.startswith("--config.") else f"--config.{o}"
                  for o in list(r.overrides) + list(extra)]
     commands.append(["bash", str(LAUNCHER), "train", "--foreground", "--name", tpu["name"],
