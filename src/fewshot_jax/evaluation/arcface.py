@@ -28,10 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors
-import safetensors.numpy
 from PIL import Image
 
-from fewshot_jax.atomic_files import write_bytes
+from fewshot_jax.weight_files import check_shapes, save_tagged
 
 SIZE = 112
 FEATURES = 512
@@ -85,15 +84,7 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def _check(flat: Mapping[str, Any], where: str) -> None:
-  problems = []
-  for key, shape in expected_shapes().items():
-    if key not in flat:
-      problems.append(f"missing {key!r} (expected shape {shape})")
-    elif tuple(flat[key].shape) != shape:
-      problems.append(f"{key!r} has shape {tuple(flat[key].shape)}, expected {shape}")
-  if problems:
-    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-    raise ValueError(f"{where}: not IR-SE50 ArcFace weights: " + "; ".join(problems[:5]) + more)
+  check_shapes(flat, expected_shapes(), where, "IR-SE50 ArcFace weights")
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -113,10 +104,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def save_weights(path: str | os.PathLike, flat: Mapping[str, np.ndarray]) -> None:
   """Writes the network's tensors as safetensors (atomically), tagged with ``KIND``."""
-  _check(flat, os.fspath(path))
-  data = safetensors.numpy.save({k: np.ascontiguousarray(flat[k], np.float32)
-                                 for k in expected_shapes()}, {"kind": KIND})
-  write_bytes(path, data)
+  save_tagged(path, flat, expected_shapes(), KIND, "IR-SE50 ArcFace weights")
 
 
 def _fold(flat: Mapping[str, np.ndarray], prefix: str) -> tuple[np.ndarray, np.ndarray]:

@@ -26,9 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors
-import safetensors.numpy
 
-from fewshot_jax.atomic_files import write_bytes
+from fewshot_jax.weight_files import check_shapes, save_tagged
 
 SIZE = 299
 FEATURES = 2048
@@ -129,16 +128,7 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 
 
 def _check(flat: Mapping[str, Any], where: str) -> None:
-  expected = expected_shapes()
-  problems = []
-  for key, shape in expected.items():
-    if key not in flat:
-      problems.append(f"missing {key!r} (expected shape {shape})")
-    elif tuple(flat[key].shape) != shape:
-      problems.append(f"{key!r} has shape {tuple(flat[key].shape)}, expected {shape}")
-  if problems:
-    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-    raise ValueError(f"{where}: not the FID Inception weights: " + "; ".join(problems[:5]) + more)
+  check_shapes(flat, expected_shapes(), where, "the FID Inception weights")
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -156,10 +146,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 def save_weights(path: str | os.PathLike, flat: Mapping[str, np.ndarray]) -> None:
   """Writes the network's tensors as safetensors (atomically), tagged with ``KIND``."""
-  _check(flat, os.fspath(path))
-  data = safetensors.numpy.save({k: np.ascontiguousarray(flat[k], np.float32)
-                                 for k in expected_shapes()}, {"kind": KIND})
-  write_bytes(path, data)
+  save_tagged(path, flat, expected_shapes(), KIND, "the FID Inception weights")
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, jax.Array]:
