@@ -115,7 +115,7 @@ def cmd_finetune(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   from fewshot_jax.inference.animate import animate  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.inference.driver import load_driver  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.driver import count_driver_frames, load_driver  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.identity import load_identity, save_identity  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
 
@@ -130,6 +130,14 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     raise FileNotFoundError(f"--identity {args.identity}: no such folder (expected one written "
                             "by `fewshot-jax finetune`)")
   _check_counts(args)
+  from fewshot_jax.inference import motion as motion_lib  # pylint: disable=g-import-not-at-top
+  reference = motion_lib.parse_reference(args.reference, "--reference")
+  motion_lib.check_controls(args.motion_scale, args.animate, "--motion-scale", "--animate")
+  if isinstance(reference, int):  # checked before a checkpoint is loaded or a face fitted
+    frames = count_driver_frames(driver)
+    if frames is not None and reference >= frames:
+      raise ValueError(f"--reference {reference}: beyond the driver's {frames} frames "
+                       f"(expected auto, first or 0 to {frames - 1})")
   run = load_run(args.checkpoint, overrides=overrides)
   size = run.config.model.image_size
   backend = None
@@ -146,7 +154,8 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     if args.save_identity:
       save_identity(args.save_identity, identity, run)
   summary = animate(run, identity, driver, args.out, motion=args.motion, layout=args.layout,
-                    batch_size=args.batch_size)
+                    batch_size=args.batch_size, reference=reference,
+                    motion_scale=args.motion_scale, region=args.animate)
   print(summary.line())
   print(json.dumps(dataclasses.asdict(summary)))
   return 0
@@ -206,6 +215,14 @@ def add_parsers(sub: Any) -> None:
   p.add_argument("--save-identity", help="with --source: also save the fitted identity here")
   p.add_argument("--motion", choices=("relative", "absolute"), default="relative",
                  help="relative: the driver's motion on the source's own face shape")
+  p.add_argument("--reference", default="first",
+                 help="driver frame relative motion is measured from: first, auto (the frame "
+                      "closest to the source's pose and expression) or a frame index")
+  p.add_argument("--motion-scale", type=float, default=1.0,
+                 help="scales the expression relative to the reference (0: the reference's, 1: "
+                      "the driver's, >1 exaggerates)")
+  p.add_argument("--animate", default="all",
+                 help="all, pose (head motion only) or expression (expression only)")
   p.add_argument("--layout", choices=("single", "side-by-side"), default="single")
   p.add_argument("--smooth", type=float, default=1.0,
                  help="temporal smoothing of the driver's landmarks, in frames (0: none)")

@@ -42,6 +42,9 @@ class AnimateSummary:
   motion: str
   layout: str
   finetune_steps: int
+  reference: int = 0
+  motion_scale: float = 1.0
+  animate: str = "all"
 
   def line(self) -> str:
     return (f"wrote {self.out}: {self.frames} frames at {self.fps:g} fps in "
@@ -104,6 +107,9 @@ def animate(
     layout: str = "single",
     batch_size: int = 8,
     show_progress: bool = True,
+    reference: str | int = "first",
+    motion_scale: float = 1.0,
+    region: str = "all",
 ) -> AnimateSummary:
   """Writes ``out`` (mp4 at the driver's fps): the identity's face moved by the driver.
 
@@ -113,13 +119,17 @@ def animate(
     driver: the driving landmarks (``load_driver``).
     out: the mp4 to write (atomically).
     motion: ``relative`` (driver's motion on the source's face shape) or ``absolute``.
+    reference: the driver frame motion is measured from: ``first``, ``auto`` (the frame closest
+      to the source's pose and expression) or an index (``motion.retarget``).
+    motion_scale: multiplies the expression relative to the reference (0: the reference's).
+    region: ``all``, ``pose`` (head motion only) or ``expression`` (expression only).
     layout: ``single`` (generated frames) or ``side-by-side`` (shot | driver | landmarks |
       generated).
     batch_size: frames generated per call.
     show_progress: print a progress line.
 
   Raises:
-    ValueError: a bad layout, an identity holding NaN or Inf, or a generated frame
+    ValueError: a bad layout, reference, motion scale or region, an identity holding NaN or Inf, or a generated frame
       that is not finite (``out`` is then not written: a NaN frame would be a black one).
   """
   from fewshot_jax.visualize import Mp4Writer  # pylint: disable=g-import-not-at-top
@@ -129,7 +139,9 @@ def animate(
   check_finite(identity, "identity")
   size = run.config.model.image_size
   # Relative motion keeps the face shape of the first shot (the one shown side by side).
-  targets = motion_lib.retarget(identity.shot_landmarks[0], driver.landmarks, motion)
+  source = identity.shot_landmarks[0]
+  ref_index = motion_lib.resolve_reference(reference, source, driver.landmarks)
+  targets = motion_lib.retarget(source, driver.landmarks, motion, ref_index, motion_scale, region)
   v = jax.tree.map(jnp.asarray, identity.model_vars(run))
   psi = jnp.asarray(identity.psi)
   gen = make_generator(run, batch_size)
@@ -151,4 +163,5 @@ def animate(
   return AnimateSummary(
       out=str(pathlib.Path(out)), frames=writer.frames, fps=driver.fps, seconds=seconds,
       generated_fps=writer.frames / seconds if seconds > 0 else 0.0, held_frames=driver.held,
-      motion=motion, layout=layout, finetune_steps=int(identity.info.get("finetune_steps", 0)))
+      motion=motion, layout=layout, finetune_steps=int(identity.info.get("finetune_steps", 0)),
+      reference=ref_index, motion_scale=float(motion_scale), animate=region)

@@ -141,6 +141,20 @@ def load_driver(
                 len(found) - len(detected), str(path), boxes)
 
 
+def count_driver_frames(path: str | os.PathLike) -> int | None:
+  """The driver's frame count without detecting faces (``None`` for a ``.npy`` that is not
+  ``[T, ...]``: ``load_driver`` says what is wrong with it), so a frame index given as the
+  reference is checked before a checkpoint is loaded or a face fitted."""
+  path = pathlib.Path(path)
+  if path.suffix == ".npy":
+    try:
+      points = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+      return None
+    return int(points.shape[0]) if points.ndim >= 1 else None
+  return video_lib.count_frames(path)
+
+
 def iter_driver_crops(driver: Driver, image_size: int) -> Iterator[np.ndarray]:
   """The driver video's frames cut with its crop boxes, one ``[S, S, 3]`` uint8 at a time."""
   if driver.boxes is None:
