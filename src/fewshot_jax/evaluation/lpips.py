@@ -46,12 +46,7 @@ def default_weights_path() -> pathlib.Path:
 
 
 def _conv_names() -> list[tuple[str, int, int]]:
-  names, cin = [], 3
-  for s, (n, width) in enumerate(zip(VGG16_STAGES, _WIDTHS)):
-    for i in range(n):
-      names.append((f"conv{s + 1}_{i + 1}", cin, width))
-      cin = width
-  return names
+  return perceptual.all_convs(VGG16_STAGES)
 
 
 def expected_shapes() -> dict[str, tuple[int, ...]]:

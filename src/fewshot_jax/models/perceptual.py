@@ -98,8 +98,9 @@ def _preprocess_name(kind: str, preprocess: str | None) -> str:
   return preprocess
 
 
-def _all_convs(stages: tuple[int, ...]) -> list[tuple[str, int, int]]:
-  """``(name, in_channels, out_channels)`` of every conv of the full net, in order."""
+def all_convs(stages: tuple[int, ...]) -> list[tuple[str, int, int]]:
+  """``(name, in_channels, out_channels)`` of every conv of the full net, in order (VGG16 for
+  LPIPS too: ``evaluation/lpips.py``)."""
   convs, cin = [], 3
   for s, (n, width) in enumerate(zip(stages, _WIDTHS)):
     for i in range(n):
@@ -110,7 +111,7 @@ def _all_convs(stages: tuple[int, ...]) -> list[tuple[str, int, int]]:
 
 def _used_convs(stages: tuple[int, ...]) -> list[tuple[str, int, int]]:
   """The convs up to conv5_1, the last one a tap needs."""
-  convs = _all_convs(stages)
+  convs = all_convs(stages)
   return convs[: [name for name, _, _ in convs].index("conv5_1") + 1]
 
 
@@ -269,7 +270,7 @@ def _convert(
   """
   used = [name for name, _, _ in _used_convs(_LAYOUTS[kind].stages)]
   required, optional = {}, {}
-  for name, cin, cout in _all_convs(_LAYOUTS[kind].stages):
+  for name, cin, cout in all_convs(_LAYOUTS[kind].stages):
     target = required if name in used else optional
     target[f"{src_names[name]}.weight"] = (cout, cin, 3, 3)
     target[f"{src_names[name]}.bias"] = (cout,)
@@ -299,7 +300,7 @@ def convert_torchvision_vgg19(state_dict: Mapping[str, Any]) -> dict[str, np.nda
     names each missing, unexpected or misshaped key (with the expected shape) instead.
   """
   names, index = {}, 0
-  for name, _, _ in _all_convs(_LAYOUTS["vgg19"].stages):
+  for name, _, _ in all_convs(_LAYOUTS["vgg19"].stages):
     if name.endswith("_1") and name != "conv1_1":
       index += 1  # the MaxPool2d before each stage
     names[name] = f"features.{index}"
@@ -317,7 +318,7 @@ def convert_vgg_face_dag(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]
   Returns:
     As ``convert_torchvision_vgg19``.
   """
-  names = {name: name for name, _, _ in _all_convs(_LAYOUTS["vggface"].stages)}
+  names = {name: name for name, _, _ in all_convs(_LAYOUTS["vggface"].stages)}
   return _convert("vggface", state_dict, names, ("fc6.", "fc7.", "fc8."))
 
 
@@ -334,7 +335,7 @@ def convert_caffe_vgg19(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """
   if any(k.startswith("features.") for k in state_dict):
     return convert_torchvision_vgg19(state_dict)
-  names = {name: name for name, _, _ in _all_convs(_LAYOUTS["vgg19"].stages)}
+  names = {name: name for name, _, _ in all_convs(_LAYOUTS["vgg19"].stages)}
   return _convert("vgg19", state_dict, names, ("fc6.", "fc7.", "fc8.", "classifier."))
 
 
