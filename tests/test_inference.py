@@ -9,7 +9,6 @@ then a new identity, fitted from one shot.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 import skimage.data as skdata
 from PIL import Image
 
-from conftest import TEST_XLA_FLAGS
+from carphone_run import SIZE, TRAIN_STEPS, carphone_run
 from test_prep_backends import carphone_path
 from fewshot_jax import cli
 from fewshot_jax.inference import motion as motion_lib
@@ -36,8 +35,6 @@ from fewshot_jax.prep.backends import DlibBackend, make_backend  # noqa: E402
 from fewshot_jax.prep.video import VideoError, read_video  # noqa: E402
 from fewshot_jax.visualize import save_mp4  # noqa: E402
 
-SIZE = 64
-TRAIN_STEPS = 600
 FINETUNE = ["--finetune-steps", "100"]
 
 
@@ -53,52 +50,10 @@ def astronaut(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-_TRAIN_ON_CARPHONE = """
-import pathlib, sys
-import numpy as np
-from fewshot_jax import config as config_lib
-from fewshot_jax.data.episodes import EpisodeSource
-from fewshot_jax.prep import crop as crop_lib
-from fewshot_jax.prep.backends import make_backend
-from fewshot_jax.prep.video import read_video
-from fewshot_jax.train.loop import train
-
-video, workdir = sys.argv[1], pathlib.Path(sys.argv[2])
-size, steps = int(sys.argv[3]), int(sys.argv[4])
-backend = make_backend("dlib")
-frames, _ = read_video(video)
-found = [(i, f[0].landmarks) for i, f in enumerate(map(backend.detect, frames)) if f]
-points = np.stack([p for _, p in found])
-boxes = crop_lib.crop_boxes(points)
-crops = [crop_lib.crop_frame(frames[i], b, p, size) for (i, p), b in zip(found, boxes)]
-n = len(crops) // 8 * 8
-video_frames = np.stack([c[0] for c in crops[:n]]).reshape(8, -1, size, size, 3)
-video_points = np.stack([c[1] for c in crops[:n]]).reshape(8, -1, 68, 2)
-# demo_64's architecture: the test tiny one cannot learn a face in a few hundred steps.
-cfg = config_lib.apply_overrides(config_lib.load_config("demo_64"), [
-    "train.batch_size=4", "train.k_shots=2", "data.workers=0", f"train.steps={steps}",
-    f"train.checkpoint_every={steps}", "train.log_every=100", "train.sample_every=0"])
-train(cfg, workdir, EpisodeSource.from_arrays(video_frames, video_points))
-"""
-
-
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> pathlib.Path:
-  """A small model meta-trained on the carphone speaker's face crops (8 'videos' of his clip).
-
-  Trained in a subprocess at XLA's default optimisation level: the suite compiles at level 0,
-  whose slower programs would add a minute to these 600 steps.
-  """
-  workdir = tmp_path_factory.mktemp("run")
-  env = dict(os.environ)
-  flags = env.pop("XLA_FLAGS", "").replace(TEST_XLA_FLAGS, "").strip()
-  if flags:  # XLA reads a blank value as a file name
-    env["XLA_FLAGS"] = flags
-  out = subprocess.run([sys.executable, "-c", _TRAIN_ON_CARPHONE, str(carphone_path()),
-                        str(workdir), str(SIZE), str(TRAIN_STEPS)],
-                       env=env, capture_output=True, text=True, timeout=1200)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return workdir
+def run_dir() -> pathlib.Path:
+  """A small model meta-trained on the carphone speaker's face crops (``carphone_run``)."""
+  return carphone_run()
 
 
 def test_animate_the_astronaut_with_the_carphone_clip(run_dir, astronaut, backend, tmp_path):
