@@ -5,7 +5,7 @@ generator that has learnt what landmarks mean on a real face: the tiny test conf
 one. Training it costs about a minute and a half, so it is trained once per source tree and kept
 under ``.pytest_cache/carphone_run/<key>``: pytest-xdist workers wait on a file lock instead of
 training it twice, and a re-run of the suite on an unchanged tree reuses it. The key hashes the
-package's sources and this file, so a change to the model, the loop or the recipe retrains.
+training sources and this file, so a change to the model, the loop or the recipe retrains.
 """
 
 from __future__ import annotations
@@ -24,7 +24,13 @@ from test_prep_backends import carphone_path
 SIZE = 64
 TRAIN_STEPS = 600
 ROOT = pathlib.Path(__file__).parents[1]
-CACHE = ROOT / ".pytest_cache" / "carphone_run"
+# FEWSHOT_JAX_TEST_RUN_CACHE: another checkout's cache (a git worktree's tests reuse main's run).
+CACHE = pathlib.Path(os.environ.get("FEWSHOT_JAX_TEST_RUN_CACHE",
+                                    ROOT / ".pytest_cache" / "carphone_run"))
+# What the trained weights depend on: the model, losses, loop, data path and the config. Inference
+# code is left out, so work on animate or fine-tuning reuses the run.
+TRAINING_SOURCES = ("models", "train", "data", "prep", "losses.py", "config.py", "landmarks.py",
+                    "images.py", "host_memory.py", "content.py")
 
 _TRAIN_ON_CARPHONE = """
 import pathlib, sys
@@ -57,7 +63,11 @@ train(cfg, workdir, EpisodeSource.from_arrays(video_frames, video_points))
 
 def _key() -> str:
   digest = hashlib.sha256(_TRAIN_ON_CARPHONE.encode())
-  for path in sorted((ROOT / "src" / "fewshot_jax").rglob("*.py")):
+  package = ROOT / "src" / "fewshot_jax"
+  files = [ROOT / "experiments" / "demo_64.py", ROOT / "experiments" / "base.py"]
+  for name in TRAINING_SOURCES:
+    files += sorted((package / name).rglob("*.py")) if (package / name).is_dir() else [package / name]
+  for path in files:
     digest.update(str(path.relative_to(ROOT)).encode())
     digest.update(path.read_bytes())
   digest.update(f"{SIZE} {TRAIN_STEPS}".encode())
