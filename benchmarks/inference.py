@@ -54,50 +54,75 @@ def _points(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
   return rng.uniform(size * 0.3, size * 0.7, (n, 68, 2)).astype(np.float32)
 
 
-def bench_config(name: str, iters: int, finetune_steps: int) -> dict[str, Any]:
-  cfg = config_lib.load_config(name)
+def random_identity(cfg: Any, k: int = 1) -> dict[str, Any]:
+  """A model at ``cfg``'s architecture with random weights, and one identity fitted feed-forward
+  from ``k`` random shots: what generation and fine-tuning need (speed does not depend on values)."""
   size = cfg.model.image_size
   graphdef, v = split_model(TalkingHeadModel(cfg.model, 1, rngs=nnx.Rngs(0)))
   rng = np.random.default_rng(0)
-  shot = rng.integers(0, 256, (1, size, size, 3), np.uint8)
-  shot_points = _points(rng, 1, size)
+  shots = rng.integers(0, 256, (k, size, size, 3), np.uint8)
+  shot_points = _points(rng, k, size)
   e_hat = jax.jit(lambda v, f, p: inf.embed(graphdef, v, cfg.model, f, p))(
-      v, shot[None], shot_points[None])[0]
+      v, shots[None], shot_points[None])[0]
   psi = jax.jit(lambda v, e: inf.feed_forward_psi(graphdef, v, e))(v, e_hat)
+  return {"graphdef": graphdef, "vars": v, "shots": shots, "shot_points": shot_points,
+          "e_hat": e_hat, "psi": psi}
+
+
+def bench_generate(cfg: Any, batches: Sequence[int], iters: int, label: str = "") -> dict[str, Any]:
+  """Frames/s and seconds per frame of the generator at each batch (one program per batch)."""
+  case = random_identity(cfg)
+  graphdef, v, psi = case["graphdef"], case["vars"], case["psi"]
   gen = jax.jit(lambda v, psi, p: inf.generate(graphdef, v, cfg.model, psi, p))
-  entry: dict[str, Any] = {"image_size": size, "generate": {}}
-  for batch in (1, 8):
-    points = _points(rng, batch, size)
-    t = _timed(lambda: gen(v, psi, points), iters)
-    entry["generate"][f"b{batch}"] = {
+  rng = np.random.default_rng(1)
+  out: dict[str, Any] = {}
+  for batch in batches:
+    points = _points(rng, batch, cfg.model.image_size)
+    t = _timed(lambda p=points: gen(v, psi, p), iters)
+    out[f"b{batch}"] = {
         "sec_per_call": {k: round(x, 4) for k, x in t.items()},
         "frames_per_second": round(batch / t["median"], 2),
         "sec_per_frame": round(t["median"] / batch, 4)}
-    print(f"{name} generate b{batch}: {batch / t['median']:.2f} frames/s "
+    print(f"{label} generate b{batch}: {batch / t['median']:.2f} frames/s "
           f"({t['median'] / batch:.4f} s/frame, first call {t['first_call']:.1f} s)", flush=True)
+  return out
 
+
+def bench_finetune(cfg: Any, k: int, steps: int, label: str = "") -> dict[str, Any]:
+  """Seconds per fine-tuning step from ``k`` shots with ``cfg``'s content loss (timed over
+  ``steps`` steps after the first, which compiles)."""
+  case = random_identity(cfg, k)
+  graphdef, v = case["graphdef"], case["vars"]
   content = build_content_loss(cfg.loss)
   step = jax.jit(inf.make_finetune_step(graphdef, cfg, content))
-  fs = inf.init_finetune(cfg, v, e_hat, psi)
+  fs = inf.init_finetune(cfg, v, case["e_hat"], case["psi"])
+  shots, points = case["shots"], case["shot_points"]
   t0 = time.perf_counter()
-  fs, m = step(fs, v, shot, shot_points, content.params)
+  fs, m = step(fs, v, shots, points, content.params)
   jax.block_until_ready(m)
   first = time.perf_counter() - t0
   t0 = time.perf_counter()
-  for _ in range(finetune_steps):
-    fs, m = step(fs, v, shot, shot_points, content.params)
+  for _ in range(steps):
+    fs, m = step(fs, v, shots, points, content.params)
   jax.block_until_ready(m)
-  per_step = (time.perf_counter() - t0) / finetune_steps
-  entry["finetune_k1"] = {
-      "steps_timed": finetune_steps, "sec_per_step": round(per_step, 4),
-      "first_step_seconds": round(first, 1), "content_loss": content.description.split(" (")[0],
-      f"seconds_for_{cfg.finetune.steps}_steps": round(per_step * cfg.finetune.steps, 1)}
-  print(f"{name} finetune: {per_step:.3f} s/step, {cfg.finetune.steps} steps (the config's) in "
-        f"{per_step * cfg.finetune.steps:.1f} s", flush=True)
-  return entry
+  per_step = (time.perf_counter() - t0) / steps
+  print(f"{label} finetune K={k}: {per_step:.3f} s/step, {cfg.finetune.steps} steps (the "
+        f"config's) in {per_step * cfg.finetune.steps:.1f} s", flush=True)
+  return {"k": k, "steps_timed": steps, "sec_per_step": round(per_step, 4),
+          "first_step_seconds": round(first, 1),
+          "content_loss": content.description.split(" (")[0],
+          f"seconds_for_{cfg.finetune.steps}_steps": round(per_step * cfg.finetune.steps, 1)}
 
 
-def bench_rasterizer(iters: int, size: int = 256, batch: int = 16) -> dict[str, Any]:
+def bench_config(name: str, iters: int, finetune_steps: int) -> dict[str, Any]:
+  cfg = config_lib.load_config(name)
+  return {"image_size": cfg.model.image_size,
+          "generate": bench_generate(cfg, (1, 8), iters, name),
+          "finetune_k1": bench_finetune(cfg, 1, finetune_steps, name)}
+
+
+def bench_rasterizer(iters: int, size: int = 256, batch: int = 16, min_calls: int = 100
+                     ) -> dict[str, Any]:
   """ms per frame drawing face-shaped landmarks (the tiled path on CPU) and scattered points.
 
   The faces are ``batch`` procedural talking heads (``data.synthetic``), one frame each, framed
@@ -111,12 +136,11 @@ def bench_rasterizer(iters: int, size: int = 256, batch: int = 16) -> dict[str, 
   result: dict[str, Any] = {"image_size": size, "batch": batch}
   for name, points in inputs.items():
     # A call takes about 10 ms: many more calls than the generator's for a stable median.
-    t = _timed(lambda p=jnp.asarray(points): draw(p), max(iters, 100))
+    t = _timed(lambda p=jnp.asarray(points): draw(p), max(iters, min_calls))
     ms = 1000 * t["median"] / batch
     plan = lmk._plan_tiles(  # pylint: disable=protected-access
         jnp.asarray(points), size, thickness, lmk._tile_size(size))  # pylint: disable=protected-access
-    tiled = jax.default_backend() == "cpu" and size >= lmk.TILED_MIN_SIZE and not plan.overflow
-    path = "tiled" if tiled else "dense"
+    path = "dense" if plan.overflow else lmk.rasterizer_path(size)
     print(f"rasterise {size} px, batch {batch}, {name}: {ms:.2f} ms/frame ({path} path)",
           flush=True)
     result[name] = {"ms_per_frame": round(ms, 3), "path": path,

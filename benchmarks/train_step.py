@@ -40,13 +40,13 @@ from typing import Any
 DEFAULT_CASES = ("paper_256:1,2", "demo_64:1,2,8")
 
 
-def matmul_peak_gflops(n: int = 4096, iters: int = 5) -> float:
-  """The best f32 matmul rate this process gets from XLA (GFLOP/s), median of ``iters``."""
+def matmul_peak_gflops(n: int = 4096, iters: int = 5, dtype: str = "float32") -> float:
+  """The best ``dtype`` matmul rate this process gets from XLA (GFLOP/s), median of ``iters``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
-  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(jnp.matmul)
   f(a, b).block_until_ready()
   times = []
@@ -57,7 +57,7 @@ def matmul_peak_gflops(n: int = 4096, iters: int = 5) -> float:
   return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def _random_perceptual_weights(directory: pathlib.Path) -> list[str]:
+def random_perceptual_weights(directory: pathlib.Path) -> list[str]:
   """Random VGG19 and VGGFace files in the converted format; config overrides pointing at them."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -69,7 +69,8 @@ def _random_perceptual_weights(directory: pathlib.Path) -> list[str]:
     flat = {k: rng.normal(0, 0.05, s).astype(np.float32)
             for k, s in perceptual.expected_shapes(kind).items()}
     path = directory / f"{kind}.safetensors"
-    perceptual.save_weights(path, flat, kind=kind)
+    # The paper's VGG19 is Caffe's (base.py's loss.vgg19_preprocess): the file says so.
+    perceptual.save_weights(path, flat, kind=kind, preprocess="caffe" if kind == "vgg19" else None)
     overrides.append(f"loss.{kind}_path={path}")
   return overrides
 
@@ -86,7 +87,7 @@ def build_case(config: str, batch: int, extra: Sequence[str] = ()) -> dict[str, 
 
   with tempfile.TemporaryDirectory() as tmp:
     overrides = [f"train.batch_size={batch}", "train.d_steps=2", "data.workers=0",
-                 *_random_perceptual_weights(pathlib.Path(tmp)), *extra]
+                 *random_perceptual_weights(pathlib.Path(tmp)), *extra]
     if config == "paper_256":
       overrides.append("train.k_shots=8")
     cfg = config_lib.apply_overrides(config_lib.load_config(config), overrides)

@@ -74,6 +74,23 @@ def _key() -> str:
   return digest.hexdigest()[:16]
 
 
+KEEP = 3  # runs of other trees kept (worktrees of one checkout share a cache)
+
+
+def _prune() -> None:
+  """Removes runs killed while training, and all but the ``KEEP`` most recently used runs."""
+  runs = []
+  for entry in CACHE.iterdir():
+    if entry.name.startswith(".training-"):
+      pid = entry.name.removeprefix(".training-")
+      if not pid.isdigit() or not pathlib.Path(f"/proc/{pid}").exists():
+        shutil.rmtree(entry, ignore_errors=True)
+    elif entry.is_dir():
+      runs.append(entry)
+  for stale in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]:
+    shutil.rmtree(stale, ignore_errors=True)
+
+
 def carphone_run() -> pathlib.Path:
   """The trained run's directory (trained here on first use; read-only for the tests).
 
@@ -85,10 +102,9 @@ def carphone_run() -> pathlib.Path:
   with open(CACHE / "lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be training it: wait for it
     if (done / "config.json").is_file():
+      os.utime(done)  # most recently used: kept by _prune
       return done
-    for stale in CACHE.iterdir():  # runs of older trees, and a run killed while training
-      if stale.is_dir():
-        shutil.rmtree(stale)
+    _prune()
     staging = CACHE / f".training-{os.getpid()}"
     env = dict(os.environ)
     flags = env.pop("XLA_FLAGS", "").replace(TEST_XLA_FLAGS, "").strip()

@@ -324,6 +324,16 @@ def rasterize(
   return img.reshape(lead + (image_size, image_size, 3)).astype(dtype)
 
 
+def rasterizer_path(image_size: int) -> str:
+  """``tiled`` or ``dense``: how ``rasterize`` draws at ``image_size`` on the default backend.
+
+  The tiled path (each tile draws only the segments near it, ``lax.cond`` falling back to dense
+  when a tile overflows) is a CPU optimisation; on GPU and TPU, XLA's fused dense program over
+  all segments is the fast one, so they always take it.
+  """
+  return "tiled" if jax.default_backend() == "cpu" and image_size >= TILED_MIN_SIZE else "dense"
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _draw(landmarks: jax.Array, image_size: int, thickness: float) -> jax.Array:
   """``[B, H, W, 3]`` by the dense path, or on CPU from 256 px by the tiled one.
@@ -331,7 +341,7 @@ def _draw(landmarks: jax.Array, image_size: int, thickness: float) -> jax.Array:
   Jitted on its own so that eager callers (sample grids, the demo's pictures) run one program, not
   dozens of small ops one by one.
   """
-  if jax.default_backend() != "cpu" or image_size < TILED_MIN_SIZE:
+  if rasterizer_path(image_size) == "dense":
     return _dense_image(landmarks, image_size, thickness)
   tile = _tile_size(image_size)
   plan = _plan_tiles(landmarks, image_size, thickness, tile)
