@@ -155,7 +155,7 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
       save_identity(args.save_identity, identity, run)
   summary = animate(run, identity, driver, args.out, motion=args.motion, layout=args.layout,
                     batch_size=args.batch_size, reference=reference,
-                    motion_scale=args.motion_scale, region=args.animate)
+                    motion_scale=args.motion_scale, region=args.animate, audio=args.audio)
   print(summary.line())
   print(json.dumps(dataclasses.asdict(summary)))
   return 0
@@ -224,6 +224,9 @@ def add_parsers(sub: Any) -> None:
   p.add_argument("--animate", default="all",
                  help="all, pose (head motion only) or expression (expression only)")
   p.add_argument("--layout", choices=("single", "side-by-side"), default="single")
+  p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True,
+                 help="copy a driver video's sound into the output, in sync and cut to the frames "
+                      "written (AAC copied, other codecs re-encoded to AAC)")
   p.add_argument("--smooth", type=float, default=1.0,
                  help="temporal smoothing of the driver's landmarks, in frames (0: none)")
   p.add_argument("--fps", type=float, default=25.0, help="frame rate of a .npy driver")

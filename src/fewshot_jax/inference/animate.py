@@ -19,6 +19,7 @@ import numpy as np
 
 from fewshot_jax import landmarks as lmk
 from fewshot_jax.images import to_uint8
+from fewshot_jax.inference import audio as audio_lib
 from fewshot_jax.inference import finetune as inf
 from fewshot_jax.inference import motion as motion_lib
 from fewshot_jax.inference.driver import Driver, iter_driver_crops
@@ -45,11 +46,13 @@ class AnimateSummary:
   reference: int = 0
   motion_scale: float = 1.0
   animate: str = "all"
+  audio: str = "off"  # what happened to the driver's sound (audio.Soundtrack.note)
 
   def line(self) -> str:
     return (f"wrote {self.out}: {self.frames} frames at {self.fps:g} fps in "
             f"{format_seconds(self.seconds)} ({self.generated_fps:.1f} frames/s), "
-            f"{self.held_frames} driver frames without a face held the last landmarks")
+            f"{self.held_frames} driver frames without a face held the last landmarks; "
+            f"audio: {self.audio}")
 
 
 class NonFiniteFrames(ValueError):
@@ -110,6 +113,7 @@ def animate(
     reference: str | int = "first",
     motion_scale: float = 1.0,
     region: str = "all",
+    audio: bool = True,
 ) -> AnimateSummary:
   """Writes ``out`` (mp4 at the driver's fps): the identity's face moved by the driver.
 
@@ -127,10 +131,13 @@ def animate(
       generated).
     batch_size: frames generated per call.
     show_progress: print a progress line.
+    audio: copy the driver video's sound into ``out``, in sync and cut to the frames written
+      (``audio.Soundtrack``).
 
   Raises:
     ValueError: a bad layout, reference, motion scale or region, an identity holding NaN or Inf, or a generated frame
-      that is not finite (``out`` is then not written: a NaN frame would be a black one).
+      that is not finite (``out`` is then not written: a NaN frame would be a black one), or a
+      driver audio track that cannot be read.
   """
   from fewshot_jax.visualize import Mp4Writer  # pylint: disable=g-import-not-at-top
 
@@ -149,7 +156,10 @@ def animate(
   progress = Progress(len(targets), "animate", "frames") if show_progress else None
   t0 = time.perf_counter()
   upscale = max(1, 256 // size)
-  with Mp4Writer(out, driver.fps, upscale) as writer:
+  # The driver's sound is probed now and muxed in when the video is complete (a landmark file has
+  # none); the video goes to a temporary sibling until then.
+  track = audio_lib.Soundtrack(out, driver.path if driver.boxes is not None else None, audio)
+  with track, Mp4Writer(track.video_path, driver.fps, upscale) as writer:
     for start in range(0, len(targets), batch_size):
       try:
         frames = gen(v, psi, targets[start:start + batch_size])
@@ -164,4 +174,4 @@ def animate(
       out=str(pathlib.Path(out)), frames=writer.frames, fps=driver.fps, seconds=seconds,
       generated_fps=writer.frames / seconds if seconds > 0 else 0.0, held_frames=driver.held,
       motion=motion, layout=layout, finetune_steps=int(identity.info.get("finetune_steps", 0)),
-      reference=ref_index, motion_scale=float(motion_scale), animate=region)
+      reference=ref_index, motion_scale=float(motion_scale), animate=region, audio=track.note)

@@ -100,10 +100,12 @@ class TalkingHead:
 
   def animate(self, identity: Identity, driver: str | os.PathLike, out: str | os.PathLike,
               motion: str = "relative", layout: str = "single", fps: float = 25.0,
-              show_progress: bool = True) -> animate_lib.AnimateSummary:
-    """Writes ``out``: the identity driven by a video or a landmark ``.npy``."""
+              show_progress: bool = True, audio: bool = True) -> animate_lib.AnimateSummary:
+    """Writes ``out``: the identity driven by a video or a landmark ``.npy`` (with a video's
+    sound unless ``audio`` is False)."""
     needs_backend = not str(driver).endswith(".npy")
     d = driver_lib.load_driver(driver, self.backend if needs_backend else None, self.image_size,
                                fps=fps, show_progress=show_progress)
     return animate_lib.animate(self.run, identity, d, out, motion=motion, layout=layout,
-                               batch_size=self.batch_size, show_progress=show_progress)
+                               batch_size=self.batch_size, show_progress=show_progress,
+                               audio=audio)
