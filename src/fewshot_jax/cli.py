@@ -20,20 +20,30 @@ from fewshot_jax import cli_inference, output_paths
 
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
+# Every program is cached, however fast it compiled: with a threshold of 2 s, animate's landmark
+# rasteriser and the small programs around the generator (about 1 s of XLA:CPU compiles between
+# them at 64 px) were compiled again on every start (benchmarks/animate_startup.py).
+CACHE_MIN_COMPILE_SECONDS = 0.0
 
 
-def _setup(verbose: bool) -> None:
-  """Logging and the persistent XLA compilation cache (re-runs skip most compile time)."""
+def xla_cache_dir() -> str:
+  """The persistent XLA compilation cache's folder (``FEWSHOT_JAX_XLA_CACHE``; empty: none)."""
+  return os.environ.get("FEWSHOT_JAX_XLA_CACHE", str(DEFAULT_CACHE / "fewshot_jax" / "xla"))
+
+
+def _setup(verbose: bool, compile_cache: bool = True) -> None:
+  """Logging and the persistent XLA compilation cache (a re-run compiles nothing it compiled
+  before; ``--no-compile-cache`` neither reads nor writes it)."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
   logging.getLogger("absl").setLevel(logging.INFO if verbose else logging.WARNING)
   # "Unable to initialize backend 'tpu'" on every CPU or GPU machine is not news.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.INFO if verbose else logging.WARNING)
   import jax  # pylint: disable=g-import-not-at-top
 
-  cache = os.environ.get("FEWSHOT_JAX_XLA_CACHE", str(DEFAULT_CACHE / "fewshot_jax" / "xla"))
-  if cache:
+  cache = xla_cache_dir()
+  if cache and compile_cache:
     jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", CACHE_MIN_COMPILE_SECONDS)
 
 
 def _config(args: argparse.Namespace, overrides: Sequence[str]):
@@ -285,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
       description="Few-shot talking-head models (Zakharov et al. 2019) in JAX. Config fields can "
       "be overridden with --config.SECTION.FIELD=VALUE.")
   parser.add_argument("-v", "--verbose", action="store_true", help="show library logs (Orbax)")
+  parser.add_argument("--compile-cache", action=argparse.BooleanOptionalAction, default=True,
+                      help="keep compiled XLA programs on disk so the next start compiles "
+                           "nothing it compiled before, in $FEWSHOT_JAX_XLA_CACHE (default "
+                           "~/.cache/fewshot_jax/xla; an empty value also turns it off)")
   sub = parser.add_subparsers(dest="command", required=True)
 
   p = sub.add_parser("demo", help="synthetic data -> meta-learn demo_64 -> reenact held-out faces")
@@ -413,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   overrides = [a for a in argv if a.startswith("--config.")]
   rest = [a for a in argv if not a.startswith("--config.")]
   args = build_parser().parse_args(rest)
-  _setup(args.verbose)
+  _setup(args.verbose, args.compile_cache)
   try:
     return args.func(args, overrides)
   except _user_errors() as e:
