@@ -20,9 +20,9 @@ from fewshot_jax import cli_inference, output_paths
 
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
-# Every program is cached, however fast it compiled: with a threshold of 2 s, animate's landmark
-# rasteriser and the small programs around the generator (about 1 s of XLA:CPU compiles between
-# them at 64 px) were compiled again on every start (benchmarks/animate_startup.py).
+# Every program is cached, however fast it compiled: JAX writes none that compiled faster than
+# this threshold (2 s before), so every start compiled those again. At 0, a warm animate compiles
+# none of the 81 programs a cold one does (benchmarks/animate_startup.py, docs/).
 CACHE_MIN_COMPILE_SECONDS = 0.0
 
 
