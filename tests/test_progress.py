@@ -50,3 +50,16 @@ def test_non_terminal_streams_are_throttled(monkeypatch):
   lines = out.getvalue().splitlines()
   assert 5 <= len(lines) <= 7
   assert lines[-1].startswith("x 100/100")
+
+
+def test_observers_see_every_update_and_only_inside_their_block():
+  seen = []
+  out = io.StringIO()
+  with progress_lib.observe(lambda *a: seen.append(a)):
+    p = progress_lib.Progress(3, "finetune", "steps", stream=out, min_interval=1e9)
+    p.update(1)
+    p.update(2)
+  p.update(0)  # after the block: printed as before, no longer observed
+  assert seen == [("finetune", 1, 3, "steps"), ("finetune", 3, 3, "steps")]
+  # The printed line keeps its rate limit (only the finished count is printed, twice).
+  assert [line.split()[1] for line in out.getvalue().splitlines()] == ["3/3", "3/3"]

@@ -1,10 +1,34 @@
-"""A one-line progress display with rate and ETA, for any long loop (data generation, training)."""
+"""A one-line progress display with rate and ETA, for any long loop (data generation, training).
+
+A front end other than the terminal (the web app) follows the same loops with ``observe``: every
+``Progress`` created while it is active reports each update to its callback, so the functions
+that do the work need no second way of reporting.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import sys
 import time
+from collections.abc import Callable, Iterator
 from typing import TextIO
+
+# (label, done, total, unit) for every update of every Progress in this context.
+Observer = Callable[[str, int, int, str], None]
+_OBSERVERS: contextvars.ContextVar[tuple[Observer, ...]] = contextvars.ContextVar(
+    "progress_observers", default=())
+
+
+@contextlib.contextmanager
+def observe(callback: Observer) -> Iterator[None]:
+  """Calls ``callback(label, done, total, unit)`` on each ``Progress.update`` in this context
+  (this thread or task), whatever the printed line's rate limit, until the block ends."""
+  token = _OBSERVERS.set(_OBSERVERS.get() + (callback,))
+  try:
+    yield
+  finally:
+    _OBSERVERS.reset(token)
 
 
 def format_seconds(seconds: float) -> str:
@@ -51,6 +75,8 @@ class Progress:
   def update(self, n: int = 1, extra: str = "", force: bool = False) -> None:
     now = time.perf_counter()
     self.done += n
+    for callback in _OBSERVERS.get():
+      callback(self.label, self.done, self.total, self.unit)
     if self._rate_origin is None:
       self._rate_origin = (now, self.done)
     if not force and now - self._last_print < self.min_interval and self.done < self.total:
