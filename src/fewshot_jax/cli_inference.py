@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fewshot_jax.landmarks import check_in_crop
-from fewshot_jax.output_paths import check_input_file, check_output_file
+from fewshot_jax.output_paths import check_input_file
 
 
 def _backend(args: argparse.Namespace):
@@ -114,48 +114,18 @@ def cmd_finetune(args: argparse.Namespace, overrides: Sequence[str]) -> int:
 
 
 def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-  from fewshot_jax.inference.animate import animate  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.inference.driver import count_driver_frames, load_driver  # pylint: disable=g-import-not-at-top
-  from fewshot_jax.inference.identity import load_identity, save_identity  # pylint: disable=g-import-not-at-top
+  from fewshot_jax.inference.animate_job import AnimateJob, check_job, run_job  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
 
-  out = check_output_file(args.out, "--out", (".mp4",))
-  driver = check_input_file(args.driver, "--driver")
-  if out.exists() and out.samefile(driver):  # the driver is read again while the output is written
-    raise ValueError(f"--out {out}: is the driver itself; choose another output file")
-  if args.save_identity:
-    from fewshot_jax.inference.identity import check_identity_folder  # pylint: disable=g-import-not-at-top
-    check_identity_folder(args.save_identity)
-  if args.identity and not pathlib.Path(args.identity).is_dir():
-    raise FileNotFoundError(f"--identity {args.identity}: no such folder (expected one written "
-                            "by `fewshot-jax finetune`)")
-  _check_counts(args)
-  from fewshot_jax.inference import motion as motion_lib  # pylint: disable=g-import-not-at-top
-  reference = motion_lib.parse_reference(args.reference, "--reference")
-  motion_lib.check_controls(args.motion_scale, args.animate, "--motion-scale", "--animate")
-  if isinstance(reference, int):  # checked before a checkpoint is loaded or a face fitted
-    frames = count_driver_frames(driver)
-    if frames is not None and reference >= frames:
-      raise ValueError(f"--reference {reference}: beyond the driver's {frames} frames "
-                       f"(expected auto, first or 0 to {frames - 1})")
+  job = AnimateJob(
+      driver=args.driver, out=args.out, sources=args.source or (), identity=args.identity,
+      save_identity=args.save_identity, finetune_steps=args.finetune_steps, motion=args.motion,
+      reference=args.reference, motion_scale=args.motion_scale, region=args.animate,
+      layout=args.layout, smooth=args.smooth, fps=args.fps, batch_size=args.batch_size,
+      enlarge=args.enlarge, audio=args.audio)
+  check_job(job)  # before a checkpoint is loaded or a face fitted
   run = load_run(args.checkpoint, overrides=overrides)
-  size = run.config.model.image_size
-  backend = None
-  if not args.driver.endswith(".npy") or args.source:
-    backend = _backend(args)
-  # The driver first: a bad driver file should fail before minutes of fine-tuning.
-  driver = load_driver(args.driver, backend, size, fps=args.fps, smooth_sigma=args.smooth,
-                       enlarge=args.enlarge)
-  if args.identity:
-    identity = load_identity(args.identity, run)
-  else:
-    steps = run.config.finetune.steps if args.finetune_steps is None else args.finetune_steps
-    identity = _fit(args, run, steps, backend)
-    if args.save_identity:
-      save_identity(args.save_identity, identity, run)
-  summary = animate(run, identity, driver, args.out, motion=args.motion, layout=args.layout,
-                    batch_size=args.batch_size, reference=reference,
-                    motion_scale=args.motion_scale, region=args.animate, audio=args.audio)
+  summary = run_job(run, job, lambda: _backend(args))
   print(summary.line())
   print(json.dumps(dataclasses.asdict(summary)))
   return 0
