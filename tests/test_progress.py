@@ -60,6 +60,7 @@ def test_observers_see_every_update_and_only_inside_their_block():
     p.update(1)
     p.update(2)
   p.update(0)  # after the block: printed as before, no longer observed
-  assert seen == [("finetune", 1, 3, "steps"), ("finetune", 3, 3, "steps")]
+  assert seen == [("finetune", 0, 3, "steps"), ("finetune", 1, 3, "steps"),
+                  ("finetune", 3, 3, "steps")]
   # The printed line keeps its rate limit (only the finished count is printed, twice).
   assert [line.split()[1] for line in out.getvalue().splitlines()] == ["3/3", "3/3"]

@@ -22,8 +22,9 @@ _OBSERVERS: contextvars.ContextVar[tuple[Observer, ...]] = contextvars.ContextVa
 
 @contextlib.contextmanager
 def observe(callback: Observer) -> Iterator[None]:
-  """Calls ``callback(label, done, total, unit)`` on each ``Progress.update`` in this context
-  (this thread or task), whatever the printed line's rate limit, until the block ends."""
+  """Calls ``callback(label, done, total, unit)`` when a ``Progress`` starts (a stage's first
+  item often waits on a compile) and on each ``update`` in this context (this thread or task),
+  whatever the printed line's rate limit, until the block ends."""
   token = _OBSERVERS.set(_OBSERVERS.get() + (callback,))
   try:
     yield
@@ -63,6 +64,8 @@ class Progress:
     self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
     self.min_interval = min_interval if min_interval is not None else (0.5 if self._tty else 10.0)
     self._last_print = 0.0
+    for callback in _OBSERVERS.get():
+      callback(self.label, self.done, self.total, self.unit)
 
   @property
   def rate(self) -> float:
