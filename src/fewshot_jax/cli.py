@@ -1,7 +1,7 @@
 """The ``fewshot-jax`` command.
 
-Subcommands: ``demo``, ``train``, ``finetune``, ``animate``, ``export``, ``evaluate``, ``sweep``,
-``convert-weights``, ``prepare``, ``data``. Config overrides are given as
+Subcommands: ``demo``, ``train``, ``finetune``, ``animate``, ``app``, ``export``, ``evaluate``,
+``sweep``, ``convert-weights``, ``prepare``, ``data``. Config overrides are given as
 ``--config.SECTION.FIELD=VALUE`` after the other options, e.g.
 ``fewshot-jax train --config demo_64 --workdir runs/x --config.train.steps=50``.
 """
@@ -16,7 +16,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-from fewshot_jax import cli_inference, output_paths
+from fewshot_jax import app, cli_inference, output_paths
 
 
 DEFAULT_CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache"))
@@ -315,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.set_defaults(func=cmd_train)
 
   cli_inference.add_parsers(sub)
+  app.add_parser(sub)
 
   p = sub.add_parser("evaluate", help="the paper's self-reenactment protocol on held-out videos")
   p.add_argument("--checkpoint", "--run", dest="checkpoint", required=True)
