@@ -61,7 +61,7 @@ def serve_app(run_dir: pathlib.Path, out_dir: pathlib.Path, log: pathlib.Path):
   try:
     deadline = time.monotonic() + 180
     while True:
-      assert proc.poll() is None, f"the app exited with {proc.returncode}: {log.read_text()[-3000:]}"
+      assert proc.poll() is None, f"the app exited ({proc.returncode}): {log.read_text()[-3000:]}"
       try:
         with urllib.request.urlopen(url, timeout=2) as r:
           if r.status == 200:
