@@ -1,9 +1,9 @@
 """``fewshot-jax app``: animate a photo in the browser, for people who do not live in a terminal.
 
 A local Gradio page over the run loaded once at start-up. Each click runs the same job as
-``fewshot-jax animate`` (``inference.animate_job``: the same checks, driver reading, fine-tuning
-and video writing), so a setting means the same on the page and on the command line, and a bad
-upload gets the CLI's one-line error. The page follows the job's progress lines through
+``fewshot-jax animate`` (``inference.batch``, a batch of one: the same checks, driver reading,
+fine-tuning and video writing), so a setting means the same on the page and on the command line,
+and a bad upload gets the CLI's one-line error. The page follows the job's progress lines through
 ``progress.observe``. It binds 127.0.0.1 unless told otherwise, and shares nothing by default.
 
 Gradio is in the ``[app]`` extra: ``pip install 'fewshot-jax[app]'``.
@@ -79,13 +79,15 @@ class AnimateSession:
 
   def animate(self, source: str | None, driver: str | None, finetune_steps: float,
               reference: str, motion_scale: float, region: str, layout: str,
-              report: progress_lib.Observer | None = None):
-    """Writes ``<out_dir>/job-*/<source>--<driver>.mp4``; returns ``animate``'s summary.
+              report: progress_lib.Observer | None = None, paste_back: bool | None = None
+              ) -> dict[str, Any]:
+    """Writes ``<out_dir>/job-*/<source>--<driver>.mp4`` as ``fewshot-jax animate`` would (a
+    batch of one through ``inference.batch``); returns the pair's record (``out``, ``line``...).
 
     Raises the job's own errors (ValueError, NoFaceError, VideoError...): the page turns them
     into the CLI's line.
     """
-    from fewshot_jax.inference.animate_job import AnimateJob, check_job, run_job  # pylint: disable=g-import-not-at-top
+    from fewshot_jax.inference import batch as batch_lib  # pylint: disable=g-import-not-at-top
 
     if not source:
       raise ValueError("source: expected a photo or painting (upload one, or pick an example)")
@@ -93,15 +95,24 @@ class AnimateSession:
       raise ValueError("driver: expected a driving video (upload one, or pick an example)")
     if float(finetune_steps) != int(finetune_steps):
       raise ValueError(f"--finetune-steps {finetune_steps}: expected a whole number")
+    # The CLI's checks, in its order, before anything is fitted.
+    sources = batch_lib.gather_sources([[source]])
+    drivers = batch_lib.gather_drivers([driver])
+    options = batch_lib.check_options(batch_lib.Options(
+        finetune_steps=int(finetune_steps), reference=str(reference).strip(),
+        motion_scale=float(motion_scale), region=region, layout=layout, enlarge=self.enlarge,
+        **({} if paste_back is None else {"paste_back": bool(paste_back)})), drivers, False)
     folder = pathlib.Path(tempfile.mkdtemp(prefix="job-", dir=self.out_dir))  # never an old one
-    name = f"{pathlib.Path(source).stem}--{pathlib.Path(driver).stem}.mp4"
-    job = AnimateJob(driver=driver, out=str(folder / name), sources=(source,),
-                     finetune_steps=int(finetune_steps), reference=str(reference).strip(),
-                     motion_scale=float(motion_scale), region=region, layout=layout,
-                     enlarge=self.enlarge)
-    check_job(job)
-    with self._lock, progress_lib.observe(report or (lambda *_: None)):
-      return run_job(self.run, job, self.backend)
+    try:
+      plan = batch_lib.plan(sources, drivers, folder / f"{sources[0].name}--{drivers[0].stem}.mp4",
+                            False)
+      with self._lock, progress_lib.observe(report or (lambda *_: None)):
+        results, _ = batch_lib.run_batch(plan, self.run, self.backend(), options)
+    except BaseException:
+      if not any(folder.iterdir()):
+        folder.rmdir()
+      raise
+    return results[0]
 
 
 def build_page(session: AnimateSession, examples: tuple[pathlib.Path, pathlib.Path],
@@ -127,10 +138,10 @@ def build_page(session: AnimateSession, examples: tuple[pathlib.Path, pathlib.Pa
 
     progress(0, desc="starting")
     try:
-      summary = session.animate(source, driver, steps, reference, scale, region, layout, report)
+      record = session.animate(source, driver, steps, reference, scale, region, layout, report)
     except _user_errors() as e:
       raise _page_error(e) from None
-    return summary.out, summary.line()
+    return record["out"], record["line"]
 
   with gr.Blocks(title="fewshot-jax: animate a photo", analytics_enabled=False) as page:
     gr.Markdown("## Animate a photo or painting\nA face from one picture, moved by a driving "

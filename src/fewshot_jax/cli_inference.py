@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fewshot_jax.landmarks import check_in_crop
-from fewshot_jax.output_paths import check_input_file
+from fewshot_jax.output_paths import check_input_file, check_output_file
 
 
 def _backend(args: argparse.Namespace):
@@ -30,16 +30,10 @@ def _backend(args: argparse.Namespace):
 
 
 def _shots(args: argparse.Namespace, image_size: int, backend_factory):
-  """``(frames uint8 [K, S, S, 3], landmarks f32 [K, 68, 2], names)`` from --source pictures, a
-  --shots npz, or a --synthetic identity."""
+  """``(frames uint8 [K, S, S, 3], landmarks f32 [K, 68, 2], names)`` from a --shots npz or a
+  --synthetic identity (source pictures go through ``faces.load_shots``, see ``_fit``)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  if getattr(args, "source", None):
-    from fewshot_jax.inference.faces import load_shots  # pylint: disable=g-import-not-at-top
-
-    shots = load_shots(args.source, backend_factory(), image_size, args.enlarge)
-    return (np.stack([s.frame for s in shots]), np.stack([s.landmarks for s in shots]),
-            [s.path for s in shots])
   if getattr(args, "shots", None):
     path = check_input_file(args.shots, "--shots", (".npz",))
     try:
@@ -71,13 +65,13 @@ def _check_counts(args: argparse.Namespace) -> None:
   """Inputs and numeric options a user can get wrong, refused before a checkpoint is loaded."""
   if getattr(args, "shots", None):
     check_input_file(args.shots, "--shots", (".npz",))
-  for source in getattr(args, "source", None) or ():
+  for source in _pictures(args):
     check_input_file(source, "--source")
   for flag in ("k", "batch_size"):
     value = getattr(args, flag, None)
     if value is not None and value < 1:
       raise ValueError(f"--{flag.replace('_', '-')} {value}: expected at least 1")
-  for flag in ("steps", "finetune_steps", "smooth"):
+  for flag in ("steps", "finetune_steps", "smooth", "face", "driver_face"):
     value = getattr(args, flag, None)
     if value is not None and value < 0:
       raise ValueError(f"--{flag.replace('_', '-')} {value}: expected at least 0")
@@ -86,9 +80,21 @@ def _check_counts(args: argparse.Namespace) -> None:
     raise ValueError(f"--fps {fps}: expected a frame rate > 0")
 
 
-def _fit(args: argparse.Namespace, run, steps: int, backend=None):
-  from fewshot_jax.inference.identity import fit_identity  # pylint: disable=g-import-not-at-top
+def _pictures(args: argparse.Namespace) -> list[str]:
+  """The --source pictures, whether given once (finetune) or per face (animate's repeated -s)."""
+  source = getattr(args, "source", None) or []
+  return [p for group in source for p in ([group] if isinstance(group, str) else group)]
 
+
+def _fit(args: argparse.Namespace, run, steps: int, backend=None):
+  from fewshot_jax.inference.identity import fit_identity, fit_shots  # pylint: disable=g-import-not-at-top
+
+  if getattr(args, "source", None):
+    from fewshot_jax.inference.faces import load_shots  # pylint: disable=g-import-not-at-top
+
+    shots = load_shots(args.source, backend or _backend(args), run.config.model.image_size,
+                       args.enlarge, args.face)
+    return fit_shots(run, shots, steps)
   frames, points, names = _shots(args, run.config.model.image_size,
                                  lambda: backend or _backend(args))
   identity = fit_identity(run, frames, points, steps)
@@ -109,26 +115,61 @@ def cmd_finetune(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   save_identity(args.out, identity, run)
   print(json.dumps({"identity": str(args.out), "finetune_steps": steps,
                     "shots": identity.info["shots"],
-                    "content_last": identity.info.get("content_last")}))
+                    "content_last": identity.info.get("content_last"),
+                    "face": identity.info.get("face"),
+                    "face_boxes": identity.info.get("face_boxes")}))
   return 0
+
+
+def _is_batch(args: argparse.Namespace) -> bool:
+  """Whether -o names a folder: several faces or drivers, or a --source-dir/--driver-dir."""
+  faces = len(args.source or ()) + len(args.identity or ())
+  return bool(args.source_dir or args.driver_dir or faces > 1 or len(args.driver or ()) > 1)
 
 
 def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
-  from fewshot_jax.inference.animate_job import AnimateJob, check_job, run_job  # pylint: disable=g-import-not-at-top
+  """One pair (``-o x.mp4``) or a batch (``-o FOLDER``), through ``inference.batch`` either way:
+  every input and output is checked before a checkpoint is loaded."""
+  from fewshot_jax.inference import batch as batch_lib  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.run import load_run  # pylint: disable=g-import-not-at-top
 
-  job = AnimateJob(
-      driver=args.driver, out=args.out, sources=args.source or (), identity=args.identity,
-      save_identity=args.save_identity, finetune_steps=args.finetune_steps, motion=args.motion,
-      reference=args.reference, motion_scale=args.motion_scale, region=args.animate,
-      layout=args.layout, smooth=args.smooth, fps=args.fps, batch_size=args.batch_size,
-      enlarge=args.enlarge, audio=args.audio)
-  check_job(job)  # before a checkpoint is loaded or a face fitted
+  folder = _is_batch(args)
+  if not folder:
+    check_output_file(args.out, "--out", (".mp4",))
+  drivers = batch_lib.gather_drivers(args.driver or (), args.driver_dir)
+  if not folder:
+    batch_lib.check_out_file(args.out, drivers[0])
+  sources = batch_lib.gather_sources(args.source or (), args.source_dir, args.identity or ())
+  p = batch_lib.plan(sources, drivers, args.out, folder, (args.source_dir, args.driver_dir))
+  if args.save_identity:
+    if len(sources) != 1:
+      raise ValueError(f"--save-identity {args.save_identity}: saves one identity, and this "
+                       f"call fits {len(sources)} faces; save each with `fewshot-jax finetune`")
+    if not sources[0].pictures:
+      raise ValueError(f"--save-identity {args.save_identity}: the face is an --identity "
+                       "already; --save-identity saves one fitted from -s/--source")
+    from fewshot_jax.inference.identity import check_identity_folder  # pylint: disable=g-import-not-at-top
+    check_identity_folder(args.save_identity)
+  options = batch_lib.check_options(batch_lib.Options(
+      finetune_steps=args.finetune_steps, motion=args.motion, layout=args.layout,
+      batch_size=args.batch_size, reference=args.reference, motion_scale=args.motion_scale,
+      region=args.animate, fps=args.fps, smooth=args.smooth, enlarge=args.enlarge,
+      face=args.face, driver_face=args.driver_face, save_identity=args.save_identity,
+      verbose=bool(getattr(args, "verbose", False)), audio=args.audio), drivers, folder)
   run = load_run(args.checkpoint, overrides=overrides)
-  summary = run_job(run, job, lambda: _backend(args))
-  print(summary.line())
-  print(json.dumps(dataclasses.asdict(summary)))
-  return 0
+  needs_backend = any(s.pictures for s in sources) or any(d.suffix != ".npy" for d in drivers)
+  results, status = batch_lib.run_batch(p, run, _backend(args) if needs_backend else None,
+                                        options)
+  if not folder:
+    print(json.dumps(results[0]))
+    return status
+  written = [r["out"] for r in results if r["status"] == "written"]
+  failed = [r["out"] for r in results if r["status"] == "failed"]
+  print(f"wrote {len(written)} of {len(results)} videos to {p.folder} (each pair's record in "
+        f"{p.folder / batch_lib.BATCH_FILE})" + (f"; failed: {', '.join(failed)}" if failed else ""))
+  print(json.dumps({"batch": str(p.folder / batch_lib.BATCH_FILE), "written": written,
+                    "failed": failed}))
+  return status
 
 
 def cmd_export(args: argparse.Namespace, overrides: Sequence[str]) -> int:
@@ -153,36 +194,68 @@ def _landmark_options(p: argparse.ArgumentParser) -> None:
                  help="crop side / landmark box side (as the training data was cut)")
 
 
+_FACE_HELP = ("which face of each source picture to use when it shows several: 0 is the "
+              "largest, 1 the next (ordered by detector box size, then score)")
+_BATCH_HELP = """\
+Several faces and drivers: every face is animated by every driver, and -o is a folder where each
+pair writes <source-stem>--<driver-stem>.mp4. Each -s names the pictures of one face (its shots,
+as a single -s always has), so repeat -s for several faces, or give --source-dir with one picture
+per face. A batch of portraits moved by the same clip is the common case, and the product of the
+inputs covers it without listing pairs. The model is loaded and compiled once, each face fitted
+once and each driver's landmarks found once. A bad input (no face, an unreadable video) is skipped
+with one line on stderr and recorded in batch.json; the others are written, and the exit status
+is 2 if any pair failed. A video of that name in the folder is replaced only if batch.json says an
+earlier batch wrote it; anything else in the way is refused before work starts."""
+
+
 def add_parsers(sub: Any) -> None:
   """Adds ``finetune``, ``animate`` and ``export`` to the ``fewshot-jax`` subparsers."""
   p = sub.add_parser("finetune", help="fit a new identity from K pictures and save it")
   p.add_argument("--checkpoint", "--run", dest="checkpoint", required=True,
                  help="a run directory written by train/demo")
   src = p.add_mutually_exclusive_group(required=True)
-  src.add_argument("--source", nargs="+", help="photos or paintings of one face (any size)")
+  src.add_argument("-s", "--source", nargs="+", help="photos or paintings of one face (any size)")
   src.add_argument("--shots", help="npz with cropped frames uint8 [K,S,S,3] and landmarks [K,68,2]")
   src.add_argument("--synthetic", type=int, help="fit this synthetic identity seed instead")
   p.add_argument("--k", type=int, default=8, help="shots to take with --synthetic")
   p.add_argument("--steps", type=int, default=None,
                  help="fine-tuning steps (default: the run's finetune.steps; 0: feed-forward)")
-  p.add_argument("--out", required=True, help="identity directory (identity.safetensors/.json)")
+  p.add_argument("-o", "--out", required=True,
+                 help="identity directory (identity.safetensors/.json)")
+  p.add_argument("--face", type=int, default=0, metavar="N", help=_FACE_HELP)
   _landmark_options(p)
   p.set_defaults(func=cmd_finetune)
 
-  p = sub.add_parser("animate", help="make a video of a face driven by a video's landmarks")
+  p = sub.add_parser(
+      "animate", help="make a video of a face driven by a video's landmarks",
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="Animates each face (-s, --source-dir, --identity) with each driver (-d, "
+      "--driver-dir).\n\n" + _BATCH_HELP)
   p.add_argument("--checkpoint", "--run", dest="checkpoint", required=True,
                  help="a run directory written by train/demo")
-  who = p.add_mutually_exclusive_group(required=True)
-  who.add_argument("--source", nargs="+", help="photos or paintings of one face (any size)")
-  who.add_argument("--identity", help="an identity directory from `fewshot-jax finetune`")
-  p.add_argument("--driver", required=True,
+  p.add_argument("-s", "--source", nargs="+", action="append", metavar="PICTURE",
+                 help="photos or paintings of one face (any size; several: its shots); repeat "
+                      "-s for several faces")
+  p.add_argument("--source-dir", metavar="DIR",
+                 help="a folder of pictures: each one a face of its own")
+  p.add_argument("--identity", action="append", metavar="DIR",
+                 help="an identity directory from `fewshot-jax finetune` (repeatable)")
+  p.add_argument("-d", "--driver", "--driving", dest="driver", action="append", metavar="VIDEO",
                  help="driving video (any format PyAV reads) or landmarks .npy [T,68,2] in crop "
-                      "pixels")
-  p.add_argument("--out", required=True, help="output .mp4 (at the driver's fps)")
+                      "pixels; repeat for several")
+  p.add_argument("--driver-dir", metavar="DIR",
+                 help="a folder of driving videos and .npy landmarks: each one a driver")
+  p.add_argument("-o", "--out", required=True,
+                 help="output .mp4 (at the driver's fps) for one face and one driver; else a "
+                      "folder, where each pair writes <source>--<driver>.mp4 and batch.json")
+  p.add_argument("--face", type=int, default=0, metavar="N", help=_FACE_HELP)
+  p.add_argument("--driver-face", type=int, default=0, metavar="N",
+                 help="which face of a driver video to track, counted as --face (0: the "
+                      "largest) in the first frame showing that many faces")
   p.add_argument("--finetune-steps", type=int, default=None,
                  help="with --source: fine-tuning steps (default: the run's finetune.steps; 0: "
                       "feed-forward)")
-  p.add_argument("--save-identity", help="with --source: also save the fitted identity here")
+  p.add_argument("--save-identity", help="with one --source: also save the fitted identity here")
   p.add_argument("--motion", choices=("relative", "absolute"), default="relative",
                  help="relative: the driver's motion on the source's own face shape")
   p.add_argument("--reference", default="first",

@@ -114,6 +114,7 @@ def animate(
     motion_scale: float = 1.0,
     region: str = "all",
     audio: bool = True,
+    generator: Callable[..., np.ndarray] | None = None,
 ) -> AnimateSummary:
   """Writes ``out`` (mp4 at the driver's fps): the identity's face moved by the driver.
 
@@ -133,6 +134,8 @@ def animate(
     show_progress: print a progress line.
     audio: copy the driver video's sound into ``out``, in sync and cut to the frames written
       (``audio.Soundtrack``).
+    generator: ``make_generator(run, batch_size)`` built once for several videos (a batch), so
+      they share one compiled program; a new one by default.
 
   Raises:
     ValueError: a bad layout, reference, motion scale or region, an identity holding NaN or Inf, or a generated frame
@@ -151,7 +154,7 @@ def animate(
   targets = motion_lib.retarget(source, driver.landmarks, motion, ref_index, motion_scale, region)
   v = jax.tree.map(jnp.asarray, identity.model_vars(run))
   psi = jnp.asarray(identity.psi)
-  gen = make_generator(run, batch_size)
+  gen = generator or make_generator(run, batch_size)
   panels = _panels(identity, driver, targets, size) if layout == "side-by-side" else None
   progress = Progress(len(targets), "animate", "frames") if show_progress else None
   t0 = time.perf_counter()

@@ -9,8 +9,8 @@
 
 The functions underneath (``inference.finetune``, ``identity``, ``driver``, ``animate``) stay
 usable on their own; this class keeps the run, the landmark backend and the generator and
-embedder programs together, so those are loaded and compiled once. (Fitting and ``animate`` still
-build their own jitted steps on each call.)
+embedder programs, and the fine-tune step, together, so those are loaded and compiled once for
+every face and video it makes.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import numpy as np
 from fewshot_jax.inference import animate as animate_lib
 from fewshot_jax.inference import driver as driver_lib
 from fewshot_jax.inference import faces
-from fewshot_jax.inference import finetune as inf
-from fewshot_jax.inference.identity import Identity, fit_identity
+from fewshot_jax.inference.identity import Identity, IdentityFitter, fit_identity
 from fewshot_jax.inference.run import LoadedRun, load_run
 
 
@@ -51,8 +50,7 @@ class TalkingHead:
     self._backend_name = landmarks
     self._backend = None
     self._generator = animate_lib.make_generator(run, batch_size)
-    g = run.graphdef
-    self._embed = jax.jit(lambda v, f, p: inf.embed(g, v, run.config.model, f, p))
+    self._fitter = IdentityFitter(run)
 
   @classmethod
   def load(cls, checkpoint: str | os.PathLike, use_ema: bool = True,
@@ -68,26 +66,29 @@ class TalkingHead:
       self._backend = make_backend(self._backend_name)
     return self._backend
 
-  def crop_sources(self, paths: Sequence[str | os.PathLike]) -> Shots:
-    """Detects and crops the face in each picture as the training data was cropped."""
-    shots = faces.load_shots(list(paths), self.backend, self.image_size)
+  def crop_sources(self, paths: Sequence[str | os.PathLike], face: int = 0) -> Shots:
+    """Detects and crops face ``face`` (0: the largest) in each picture as the training data
+    was cropped."""
+    shots = faces.load_shots(list(paths), self.backend, self.image_size, face=face)
     return Shots(np.stack([s.frame for s in shots]), np.stack([s.landmarks for s in shots]),
                  [s.path for s in shots])
 
   def embed(self, frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """ê ``[N]`` from K shots (uint8 ``[K, S, S, 3]``, ``[K, 68, 2]``): E's mean over them."""
-    return np.asarray(self._embed(self.run.vars, frames[None], landmarks[None])[0])
+    return np.asarray(self._fitter.embed(self.run.vars, frames[None], landmarks[None])[0])
 
   def fit(self, frames: np.ndarray, landmarks: np.ndarray) -> Identity:
     """The feed-forward identity: ψ = P·ê with the meta-learned generator."""
-    return fit_identity(self.run, frames, landmarks, 0, show_progress=False)
+    return fit_identity(self.run, frames, landmarks, 0, show_progress=False,
+                        fitter=self._fitter)
 
   def finetune(self, frames: np.ndarray, landmarks: np.ndarray, steps: int | None = None,
                show_progress: bool = True) -> Identity:
     """Fine-tunes G and ψ' = P·ê (D's projection w' = w0 + ê) on the shots for ``steps``
     (default: the run's ``finetune.steps``)."""
     steps = self.config.finetune.steps if steps is None else steps
-    return fit_identity(self.run, frames, landmarks, steps, show_progress=show_progress)
+    return fit_identity(self.run, frames, landmarks, steps, show_progress=show_progress,
+                        fitter=self._fitter)
 
   def generate(self, landmarks: np.ndarray, identity: Identity) -> np.ndarray:
     """uint8 frames ``[T, S, S, 3]`` for landmarks ``[T, 68, 2]`` (crop pixels), in batches of
@@ -108,4 +109,4 @@ class TalkingHead:
                                fps=fps, show_progress=show_progress)
     return animate_lib.animate(self.run, identity, d, out, motion=motion, layout=layout,
                                batch_size=self.batch_size, show_progress=show_progress,
-                               audio=audio)
+                               audio=audio, generator=self._generator)

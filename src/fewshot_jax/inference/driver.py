@@ -3,9 +3,9 @@
 A driver is either a video (faces found per frame by a landmark backend) or a ``.npy`` of landmarks
 ``[T, 68, 2]`` already in crop pixels. For a video:
 
-* each frame's face is the detection that overlaps the last tracked face most (the largest face
-  at first), and only if it overlaps it enough, so a second person in the shot does not steal the
-  track;
+* each frame's face is the detection that overlaps the last tracked face most (at first face
+  ``face`` in ``largest_first`` order, 0 the largest: ``--driver-face``), and only if it overlaps
+  it enough, so a second person in the shot does not steal the track;
 * a frame with no face holds the last landmarks (frames before the first detection take the first
   one), and the count of such frames is reported;
 * the crop follows data prep: a square around the landmarks, enlarged and smoothed over time;
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from fewshot_jax.inference import motion as motion_lib
-from fewshot_jax.inference.faces import NoFaceError
+from fewshot_jax.inference.faces import NoFaceError, largest_first
 from fewshot_jax.prep import crop as crop_lib
 from fewshot_jax.prep import video as video_lib
 from fewshot_jax.prep.backends import Face, LandmarkBackend
@@ -58,13 +58,14 @@ class Driver:
 MIN_TRACK_IOU = 0.3  # as data prep's track linking (prep.crop.link_tracks)
 
 
-def _pick(faces: list[Face], previous: Face | None) -> Face | None:
-  """The face continuing the track: the largest at first, then the one overlapping the last
-  tracked face most. A frame where only other faces are seen counts as a frame without a face."""
+def _pick(faces: list[Face], previous: Face | None, start: int = 0) -> Face | None:
+  """The face continuing the track: face ``start`` (``largest_first`` order, 0 the largest) of
+  the first frame showing that many faces, then the one overlapping the last tracked face most.
+  A frame where only other faces are seen counts as a frame without a face."""
   if not faces:
     return None
   if previous is None:
-    return faces[0]
+    return largest_first(faces)[start] if len(faces) > start else None
   best = max(faces, key=lambda f: crop_lib.box_iou(f.box, previous.box))
   return best if crop_lib.box_iou(best.box, previous.box) >= MIN_TRACK_IOU else None
 
@@ -77,6 +78,7 @@ def load_driver(
     smooth_sigma: float = 1.0,
     enlarge: float = 1.8,
     show_progress: bool = True,
+    face: int = 0,
 ) -> Driver:
   """Reads a driver video (landmarks found per frame) or a ``.npy`` of crop-pixel landmarks.
 
@@ -88,12 +90,14 @@ def load_driver(
     smooth_sigma: temporal smoothing of the landmarks, in frames (0: none).
     enlarge: crop side over landmark box side, as in data prep.
     show_progress: print a progress line while detecting.
+    face: for a video, the face the track starts from (0: the largest), in the first frame that
+      shows more than ``face`` faces.
 
   Raises:
     ValueError: a ``.npy`` of the wrong shape, with non-finite values, or with landmarks outside
       the crop (in a video's pixels, say).
     fewshot_jax.prep.video.VideoError: an unreadable video (the message names the file).
-    NoFaceError: a video with no face in any frame.
+    NoFaceError: a video with no face in any frame (or no frame with more than ``face`` faces).
   """
   path = pathlib.Path(path)
   if path.suffix == ".npy":
@@ -116,15 +120,22 @@ def load_driver(
   found: list[np.ndarray | None] = []
   previous = None
   video_fps = fps
-  missing = 0
+  missing = most = 0
   for _, frame, video_fps in video_lib.iter_frames(path):
-    face = _pick(backend.detect(frame), previous)
-    found.append(None if face is None else face.landmarks)
-    previous = face or previous
-    missing += face is None
+    faces = backend.detect(frame)
+    most = max(most, len(faces))
+    tracked = _pick(faces, previous, face)
+    found.append(None if tracked is None else tracked.landmarks)
+    previous = tracked or previous
+    missing += tracked is None
     if progress:
       progress.update(1, f"no face in {missing}")
   detected = [i for i, p in enumerate(found) if p is not None]
+  if not detected and most:
+    raise NoFaceError(f"driver {path}: --driver-face {face} asks for face {face} (0 is the "
+                      f"largest), but at most {most} face{'s were' if most > 1 else ' was'} found in "
+                      f"one of its {len(found)} frames by the {backend.name} landmark backend "
+                      f"(expected --driver-face 0{f' to {most - 1}' if most > 1 else ''})")
   if not detected:
     raise NoFaceError(f"driver {path}: no face found in any of its {len(found)} frames by the "
                       f"{backend.name} landmark backend")

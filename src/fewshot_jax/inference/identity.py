@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 
 from fewshot_jax.atomic_files import write_text
 from fewshot_jax.inference import finetune as inf
+from fewshot_jax.inference.faces import Shot
 from fewshot_jax.inference.output_dirs import FolderKind, check_replaceable, write_folder
 from fewshot_jax.inference.run import IncompatibleCheckpoint, LoadedRun
 from fewshot_jax.inference.tensors import flat_paths, from_flat, load_flat, save_tree
@@ -89,12 +91,49 @@ class Identity:
     return run.vars.replace(g={**run.vars.g, "generator": self.generator}, sn=self.sn)
 
 
+class IdentityFitter:
+  """The jitted programs that fit identities for one run: E and P, and the fine-tune step.
+
+  Built once and passed to every ``fit_identity`` call, they compile once for all the sources of
+  a batch (per shot count K: jit traces each shape once), instead of once per source: at 256 px
+  the fine-tune step takes longer to compile than a few dozen steps take to run. The content
+  loss (VGG weights read from disk) is built on first use, so a feed-forward fit never reads it.
+  The programs are the same functions ``fit_identity`` would build itself, so a shared fitter
+  changes no result.
+  """
+
+  def __init__(self, run: LoadedRun):
+    self.run = run
+    cfg, g = run.config, run.graphdef
+    self.embed = jax.jit(lambda v, f, p: inf.embed(g, v, cfg.model, f, p))
+    self.psi = jax.jit(lambda v, e: inf.feed_forward_psi(g, v, e))
+    self._content = None
+    self._step = None
+
+  @property
+  def content(self):
+    """The content loss of ``run.config.loss`` (``content.build_content_loss``)."""
+    if self._content is None:
+      from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
+      self._content = build_content_loss(self.run.config.loss)
+    return self._content
+
+  @property
+  def step(self):
+    """The jitted ``finetune.make_finetune_step`` for this run."""
+    if self._step is None:
+      self._step = jax.jit(inf.make_finetune_step(self.run.graphdef, self.run.config,
+                                                  self.content))
+    return self._step
+
+
 def fit_identity(
     run: LoadedRun,
     frames: np.ndarray,
     points: np.ndarray,
     steps: int,
     show_progress: bool = True,
+    fitter: IdentityFitter | None = None,
 ) -> Identity:
   """Fits a face from K shots: ê = E(shots), ψ = P·ê, then ``steps`` of fine-tuning (paper §3.3).
 
@@ -104,13 +143,19 @@ def fit_identity(
     points: f32 ``[K, 68, 2]`` their landmarks in crop pixels.
     steps: fine-tuning steps (0: the feed-forward fit).
     show_progress: print a progress line while fine-tuning.
+    fitter: the compiled programs to use (``IdentityFitter(run)``), shared by the fits of a batch
+      so they compile once; a new one by default.
 
   Raises:
-    ValueError: the shots have the wrong shapes or non-finite landmarks.
+    ValueError: the shots have the wrong shapes or non-finite landmarks, or ``fitter`` belongs
+      to another run.
     FinetuneDiverged: a loss or the fitted weights became NaN or Inf (stopped at that step).
   """
-  from fewshot_jax.content import build_content_loss  # pylint: disable=g-import-not-at-top
-
+  if fitter is None:
+    fitter = IdentityFitter(run)
+  elif fitter.run is not run:
+    raise ValueError(f"fit_identity: the fitter was built for {fitter.run.workdir}, not for "
+                     f"{run.workdir}")
   cfg = run.config
   s = cfg.model.image_size
   if frames.ndim != 4 or frames.shape[1:] != (s, s, 3) or points.shape != (len(frames), 68, 2):
@@ -119,15 +164,13 @@ def fit_identity(
   bad_shots = np.flatnonzero(~np.isfinite(points).all(axis=(1, 2)))
   if bad_shots.size:
     raise ValueError(f"shots: the landmarks of shot(s) {bad_shots.tolist()} hold NaN or Inf")
-  e_hat = jax.jit(lambda v, f, p: inf.embed(run.graphdef, v, cfg.model, f, p))(
-      run.vars, frames[None], points[None])[0]
-  psi = jax.jit(lambda v, e: inf.feed_forward_psi(run.graphdef, v, e))(run.vars, e_hat)
+  e_hat = fitter.embed(run.vars, frames[None], points[None])[0]
+  psi = fitter.psi(run.vars, e_hat)
   info: dict[str, Any] = {"finetune_steps": int(steps), "shots": int(len(frames))}
   generator, sn = run.vars.g["generator"], run.vars.sn
   if steps > 0:
-    content = build_content_loss(cfg.loss)
+    content, step = fitter.content, fitter.step
     fs = inf.init_finetune(cfg, run.vars, e_hat, psi)
-    step = jax.jit(inf.make_finetune_step(run.graphdef, cfg, content))
     progress = Progress(steps, "finetune", "steps") if show_progress else None
     first = last = None
     for i in range(steps):
@@ -150,6 +193,27 @@ def fit_identity(
   if bad:
     raise FinetuneDiverged(f"the feed-forward fit from {run.workdir} (step {run.step}) gives NaN "
                            f"or Inf in {', '.join(bad[:3])}: its weights are not usable")
+  return identity
+
+
+def fit_shots(
+    run: LoadedRun,
+    shots: Sequence[Shot],
+    steps: int,
+    show_progress: bool = True,
+    fitter: IdentityFitter | None = None,
+) -> Identity:
+  """``fit_identity`` on cropped source pictures (``faces.load_shots``), recording in its info
+  the pictures, which of their faces (0: the largest) and that face's box in each picture, so a
+  saved identity and a summary say which person of a group photo was fitted."""
+  if not shots:
+    raise ValueError("fit_shots: no shots (expected at least one cropped source picture)")
+  identity = fit_identity(run, np.stack([s.frame for s in shots]),
+                          np.stack([s.landmarks for s in shots]), steps, show_progress, fitter)
+  identity.info.update(
+      sources=[s.path for s in shots], face=int(shots[0].face),
+      face_boxes=[None if s.face_box is None else [round(x, 1) for x in s.face_box]
+                  for s in shots])
   return identity
 
 
