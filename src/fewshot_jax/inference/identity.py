@@ -95,8 +95,8 @@ class IdentityFitter:
   """The jitted programs that fit identities for one run: E and P, and the fine-tune step.
 
   Built once and passed to every ``fit_identity`` call, they compile once for all the sources of
-  a batch (per shot count K: jit traces each shape once), instead of once per source: at 256 px
-  the fine-tune step takes longer to compile than a few dozen steps take to run. The content
+  a batch (per shot count K: jit traces each shape once), instead of once per source (the
+  fine-tune step, G and D forward and backward, is the costliest program to compile). The content
   loss (VGG weights read from disk) is built on first use, so a feed-forward fit never reads it.
   The programs are the same functions ``fit_identity`` would build itself, so a shared fitter
   changes no result.
