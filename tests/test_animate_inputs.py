@@ -189,3 +189,23 @@ def test_short_flags_and_batch_plans(inputs, tmp_path):
   with pytest.raises(ValueError, match=r"2 sources x 1 drivers make 2 videos, written into a "
                                        "folder"):
     batch_lib.plan(sources, drivers, tmp_path / "x.mp4", False)
+
+
+def test_driver_face_picks_the_face_the_track_starts_from(inputs, tmp_path):
+  from fewshot_jax.inference import driver as driver_lib  # pylint: disable=g-import-not-at-top
+
+  two = np.asarray(Image.open(inputs["two"]))
+  video = tmp_path / "two.mp4"
+  save_mp4(video, np.stack([two] * 2), 10)
+  # After H.264, dlib also scores a patch of the larger astronaut's suit at 0.03 (its box is the
+  # largest: it would be face 0); the faces score 1.4-1.5, so a threshold of 0.5 drops it alone.
+  backend = backends.DlibBackend(min_score=0.5)
+  right = driver_lib.load_driver(video, backend, SIZE, show_progress=False, face=0)
+  left = driver_lib.load_driver(video, backend, SIZE, show_progress=False, face=1)
+  assert right.held == left.held == 0
+  assert (right.boxes[:, 0] + right.boxes[:, 2]).min() / 2 > SMALL
+  assert (left.boxes[:, 0] + left.boxes[:, 2]).max() / 2 < SMALL
+  with pytest.raises(faces.NoFaceError, match=rf"driver {video}: --driver-face 2 asks for face 2 "
+                                              r"\(0 is the largest\), but at most 2 faces were "
+                                              r"found in one of its 2 frames"):
+    driver_lib.load_driver(video, backend, SIZE, show_progress=False, face=2)
