@@ -71,7 +71,7 @@ def _check_counts(args: argparse.Namespace) -> None:
     value = getattr(args, flag, None)
     if value is not None and value < 1:
       raise ValueError(f"--{flag.replace('_', '-')} {value}: expected at least 1")
-  for flag in ("steps", "finetune_steps", "smooth", "face", "driver_face"):
+  for flag in ("steps", "finetune_steps", "smooth", "face", "driver_face", "augment"):
     value = getattr(args, flag, None)
     if value is not None and value < 0:
       raise ValueError(f"--{flag.replace('_', '-')} {value}: expected at least 0")
@@ -86,6 +86,11 @@ def _pictures(args: argparse.Namespace) -> list[str]:
   return [p for group in source for p in ([group] if isinstance(group, str) else group)]
 
 
+def _augment(args: argparse.Namespace) -> int:
+  from fewshot_jax.inference.augment import DEFAULT_AUGMENT  # pylint: disable=g-import-not-at-top
+  return DEFAULT_AUGMENT if args.augment is None else args.augment
+
+
 def _fit(args: argparse.Namespace, run, steps: int, backend=None):
   from fewshot_jax.inference.identity import fit_identity, fit_shots  # pylint: disable=g-import-not-at-top
 
@@ -94,10 +99,10 @@ def _fit(args: argparse.Namespace, run, steps: int, backend=None):
 
     shots = load_shots(args.source, backend or _backend(args), run.config.model.image_size,
                        args.enlarge, args.face)
-    return fit_shots(run, shots, steps)
+    return fit_shots(run, shots, steps, augment=_augment(args))
   frames, points, names = _shots(args, run.config.model.image_size,
                                  lambda: backend or _backend(args))
-  identity = fit_identity(run, frames, points, steps)
+  identity = fit_identity(run, frames, points, steps, augment=_augment(args))
   identity.info["sources"] = names
   return identity
 
@@ -114,7 +119,7 @@ def cmd_finetune(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   identity = _fit(args, run, steps)
   save_identity(args.out, identity, run)
   print(json.dumps({"identity": str(args.out), "finetune_steps": steps,
-                    "shots": identity.info["shots"],
+                    "shots": identity.info["shots"], "augment": identity.info["augment"],
                     "content_last": identity.info.get("content_last"),
                     "face": identity.info.get("face"),
                     "face_boxes": identity.info.get("face_boxes")}))
@@ -155,7 +160,8 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
       batch_size=args.batch_size, reference=args.reference, motion_scale=args.motion_scale,
       region=args.animate, fps=args.fps, smooth=args.smooth, enlarge=args.enlarge,
       face=args.face, driver_face=args.driver_face, save_identity=args.save_identity,
-      verbose=bool(getattr(args, "verbose", False)), audio=args.audio), drivers, folder)
+      verbose=bool(getattr(args, "verbose", False)), audio=args.audio,
+      augment=_augment(args)), drivers, folder)
   run = load_run(args.checkpoint, overrides=overrides)
   needs_backend = any(s.pictures for s in sources) or any(d.suffix != ".npy" for d in drivers)
   results, status = batch_lib.run_batch(p, run, _backend(args) if needs_backend else None,
@@ -208,6 +214,14 @@ is 2 if any pair failed. A video of that name in the folder is replaced only if 
 earlier batch wrote it; anything else in the way is refused before work starts."""
 
 
+def _augment_option(p: argparse.ArgumentParser) -> None:
+  from fewshot_jax.inference.augment import DEFAULT_AUGMENT  # pylint: disable=g-import-not-at-top
+
+  p.add_argument("--augment", type=int, default=None, metavar="N",
+                 help="fine-tune on N warp-augmented pairs of the shots too, new ones each step "
+                      f"(head turns, mouth and eye openings; default {DEFAULT_AUGMENT})")
+
+
 def add_parsers(sub: Any) -> None:
   """Adds ``finetune``, ``animate`` and ``export`` to the ``fewshot-jax`` subparsers."""
   p = sub.add_parser("finetune", help="fit a new identity from K pictures and save it")
@@ -223,6 +237,7 @@ def add_parsers(sub: Any) -> None:
   p.add_argument("-o", "--out", required=True,
                  help="identity directory (identity.safetensors/.json)")
   p.add_argument("--face", type=int, default=0, metavar="N", help=_FACE_HELP)
+  _augment_option(p)
   _landmark_options(p)
   p.set_defaults(func=cmd_finetune)
 
@@ -255,6 +270,7 @@ def add_parsers(sub: Any) -> None:
   p.add_argument("--finetune-steps", type=int, default=None,
                  help="with --source: fine-tuning steps (default: the run's finetune.steps; 0: "
                       "feed-forward)")
+  _augment_option(p)
   p.add_argument("--save-identity", help="with one --source: also save the fitted identity here")
   p.add_argument("--motion", choices=("relative", "absolute"), default="relative",
                  help="relative: the driver's motion on the source's own face shape")

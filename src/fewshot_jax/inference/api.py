@@ -25,6 +25,7 @@ import numpy as np
 from fewshot_jax.inference import animate as animate_lib
 from fewshot_jax.inference import driver as driver_lib
 from fewshot_jax.inference import faces
+from fewshot_jax.inference.augment import DEFAULT_AUGMENT
 from fewshot_jax.inference.identity import Identity, IdentityFitter, fit_identity
 from fewshot_jax.inference.run import LoadedRun, load_run
 
@@ -83,12 +84,13 @@ class TalkingHead:
                         fitter=self._fitter)
 
   def finetune(self, frames: np.ndarray, landmarks: np.ndarray, steps: int | None = None,
-               show_progress: bool = True) -> Identity:
+               show_progress: bool = True, augment: int = DEFAULT_AUGMENT) -> Identity:
     """Fine-tunes G and ψ' = P·ê (D's projection w' = w0 + ê) on the shots for ``steps``
-    (default: the run's ``finetune.steps``)."""
+    (default: the run's ``finetune.steps``), with ``augment`` warp-augmented pairs of them added
+    to each step's targets (``inference.augment``)."""
     steps = self.config.finetune.steps if steps is None else steps
     return fit_identity(self.run, frames, landmarks, steps, show_progress=show_progress,
-                        fitter=self._fitter)
+                        fitter=self._fitter, augment=augment)
 
   def generate(self, landmarks: np.ndarray, identity: Identity) -> np.ndarray:
     """uint8 frames ``[T, S, S, 3]`` for landmarks ``[T, 68, 2]`` (crop pixels), in batches of

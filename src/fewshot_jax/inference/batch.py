@@ -119,6 +119,7 @@ class Options:
   save_identity: str | None = None
   verbose: bool = False
   audio: bool = True  # copy a driver video's sound into its outputs
+  augment: int = 0  # warp-augmented pairs per fine-tuning step (inference.augment)
 
 
 def check_options(options: Options, drivers: Sequence[pathlib.Path], folder: bool) -> Options:
@@ -131,7 +132,8 @@ def check_options(options: Options, drivers: Sequence[pathlib.Path], folder: boo
   if options.batch_size < 1:
     raise ValueError(f"--batch-size {options.batch_size}: expected at least 1")
   for flag, value in (("--finetune-steps", options.finetune_steps), ("--smooth", options.smooth),
-                      ("--face", options.face), ("--driver-face", options.driver_face)):
+                      ("--face", options.face), ("--driver-face", options.driver_face),
+                      ("--augment", options.augment)):
     if value is not None and value < 0:
       raise ValueError(f"{flag} {value}: expected at least 0")
   if not options.fps > 0:
@@ -373,7 +375,8 @@ def run_batch(p: Plan, run, backend, options: Options) -> tuple[list[dict[str, A
       else:
         shots = faces.load_shots(list(source.pictures), backend, size, options.enlarge,
                                  options.face)
-        identity = identity_lib.fit_shots(run, shots, steps, fitter=fitter)
+        identity = identity_lib.fit_shots(run, shots, steps, fitter=fitter,
+                                          augment=options.augment)
         if options.save_identity:
           identity_lib.save_identity(options.save_identity, identity, run)
     except ITEM_ERRORS as e:

@@ -25,6 +25,7 @@ import numpy as np
 
 from fewshot_jax.atomic_files import write_text
 from fewshot_jax.inference import finetune as inf
+from fewshot_jax.inference.augment import DEFAULT_AUGMENT, augment_shots
 from fewshot_jax.inference.faces import Shot
 from fewshot_jax.inference.output_dirs import FolderKind, check_replaceable, write_folder
 from fewshot_jax.inference.run import IncompatibleCheckpoint, LoadedRun
@@ -134,8 +135,15 @@ def fit_identity(
     steps: int,
     show_progress: bool = True,
     fitter: IdentityFitter | None = None,
+    augment: int = DEFAULT_AUGMENT,
+    seed: int = 0,
 ) -> Identity:
   """Fits a face from K shots: ê = E(shots), ψ = P·ê, then ``steps`` of fine-tuning (paper §3.3).
+
+  With ``augment`` N > 0, each fine-tuning step's targets are the K shots plus N warp-augmented
+  pairs made from them (``inference.augment``, new ones every step, deterministic from ``seed``):
+  a single photo then also teaches how its face moves, not only how it looks in one pose. The
+  step's batch is K + N every step, so it compiles once. ê and ψ come from the shots alone.
 
   Args:
     run: a loaded run.
@@ -145,10 +153,12 @@ def fit_identity(
     show_progress: print a progress line while fine-tuning.
     fitter: the compiled programs to use (``IdentityFitter(run)``), shared by the fits of a batch
       so they compile once; a new one by default.
+    augment: warp-augmented pairs added to each step's targets (0: the shots only).
+    seed: the augmentation's seed.
 
   Raises:
-    ValueError: the shots have the wrong shapes or non-finite landmarks, or ``fitter`` belongs
-      to another run.
+    ValueError: the shots have the wrong shapes or non-finite landmarks, ``augment`` < 0, or
+      ``fitter`` belongs to another run.
     FinetuneDiverged: a loss or the fitted weights became NaN or Inf (stopped at that step).
   """
   if fitter is None:
@@ -161,20 +171,26 @@ def fit_identity(
   if frames.ndim != 4 or frames.shape[1:] != (s, s, 3) or points.shape != (len(frames), 68, 2):
     raise ValueError(f"shots: expected frames [K, {s}, {s}, 3] and landmarks [K, 68, 2], found "
                      f"{frames.shape} and {points.shape}")
+  if augment < 0:
+    raise ValueError(f"augment {augment}: expected a number of pairs >= 0")
   bad_shots = np.flatnonzero(~np.isfinite(points).all(axis=(1, 2)))
   if bad_shots.size:
     raise ValueError(f"shots: the landmarks of shot(s) {bad_shots.tolist()} hold NaN or Inf")
   e_hat = fitter.embed(run.vars, frames[None], points[None])[0]
   psi = fitter.psi(run.vars, e_hat)
-  info: dict[str, Any] = {"finetune_steps": int(steps), "shots": int(len(frames))}
+  info: dict[str, Any] = {"finetune_steps": int(steps), "shots": int(len(frames)),
+                          "augment": int(augment) if steps > 0 else 0}
   generator, sn = run.vars.g["generator"], run.vars.sn
   if steps > 0:
     content, step = fitter.content, fitter.step
     fs = inf.init_finetune(cfg, run.vars, e_hat, psi)
     progress = Progress(steps, "finetune", "steps") if show_progress else None
     first = last = None
+    targets = finetune_targets(frames, points, augment, seed, 0)
     for i in range(steps):
-      fs, metrics = step(fs, run.vars, frames, points, content.params)
+      fs, metrics = step(fs, run.vars, *targets, content.params)
+      if i + 1 < steps:  # the next step's pairs are warped while the device runs this one
+        targets = finetune_targets(frames, points, augment, seed, i + 1)
       values = {k: float(v) for k, v in jax.device_get(metrics).items()}
       _check_losses(i + 1, steps, values, cfg)  # each step: a diverged fit stops at once
       if progress:
@@ -202,6 +218,7 @@ def fit_shots(
     steps: int,
     show_progress: bool = True,
     fitter: IdentityFitter | None = None,
+    augment: int = DEFAULT_AUGMENT,
 ) -> Identity:
   """``fit_identity`` on cropped source pictures (``faces.load_shots``), recording in its info
   the pictures, which of their faces (0: the largest) and that face's box in each picture, so a
@@ -209,12 +226,23 @@ def fit_shots(
   if not shots:
     raise ValueError("fit_shots: no shots (expected at least one cropped source picture)")
   identity = fit_identity(run, np.stack([s.frame for s in shots]),
-                          np.stack([s.landmarks for s in shots]), steps, show_progress, fitter)
+                          np.stack([s.landmarks for s in shots]), steps, show_progress, fitter,
+                          augment)
   identity.info.update(
       sources=[s.path for s in shots], face=int(shots[0].face),
       face_boxes=[None if s.face_box is None else [round(x, 1) for x in s.face_box]
                   for s in shots])
   return identity
+
+
+def finetune_targets(frames: np.ndarray, points: np.ndarray, augment: int, seed: int, step: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """Step ``step``'s fine-tuning targets: the shots, then ``augment`` warped pairs of them."""
+  if not augment:
+    return frames, points
+  more_frames, more_points = augment_shots(frames, points, augment, seed=(seed, step))
+  return (np.concatenate([frames, more_frames]),
+          np.concatenate([np.asarray(points, np.float32), more_points]))
 
 
 def _advice(cfg) -> str:
