@@ -47,6 +47,8 @@ def test_the_smoke_run_measures_every_section_and_costs_the_paper_recipe(tmp_pat
     assert train["largest"]["batch"] >= train["probe"]["batch"]
     assert train["largest"]["images_per_s"] > 0 and 0 < train["mfu"] < 1
     assert train["probe"]["xla_memory_estimate_bytes"]["total"] > 0
+  # f32 is compiled again at a larger batch (the search's path); bf16 stays at the probe's.
+  assert sections["train_f32"]["largest"]["batch"] == 2 > sections["train_f32"]["probe"]["batch"]
   gen = sections["generate"]
   assert gen["b1"]["frames_per_second"] > 0 and gen["latency_one_frame_s"] > 0
   assert sections["finetune"]["k8"]["k"] == 8 and sections["finetune"]["k1"]["sec_per_step"] > 0
