@@ -161,7 +161,8 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
       region=args.animate, fps=args.fps, smooth=args.smooth, enlarge=args.enlarge,
       face=args.face, driver_face=args.driver_face, save_identity=args.save_identity,
       verbose=bool(getattr(args, "verbose", False)), audio=args.audio,
-      augment=_augment(args)), drivers, folder)
+      augment=_augment(args), paste_back=args.paste_back, max_size=args.max_size), drivers,
+      folder, sources)
   run = load_run(args.checkpoint, overrides=overrides)
   needs_backend = any(s.pictures for s in sources) or any(d.suffix != ".npy" for d in drivers)
   results, status = batch_lib.run_batch(p, run, _backend(args) if needs_backend else None,
@@ -283,6 +284,13 @@ def add_parsers(sub: Any) -> None:
   p.add_argument("--animate", default="all",
                  help="all, pose (head motion only) or expression (expression only)")
   p.add_argument("--layout", choices=("single", "side-by-side"), default="single")
+  p.add_argument("--paste-back", action=argparse.BooleanOptionalAction, default=None,
+                 help="paste the generated face back into the whole source picture (default: "
+                      "yes when the picture is at hand: -s/--source, or an --identity whose "
+                      "recorded picture is unchanged; otherwise the face crop, and the summary "
+                      "says why)")
+  p.add_argument("--max-size", type=int, default=1024,
+                 help="with paste-back: the output's longer side at most this many pixels")
   p.add_argument("--audio", action=argparse.BooleanOptionalAction, default=True,
                  help="copy a driver video's sound into the output, in sync and cut to the frames "
                       "written (AAC copied, other codecs re-encoded to AAC)")

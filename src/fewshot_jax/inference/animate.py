@@ -2,7 +2,8 @@
 
 Generation is one jitted function of a fixed batch shape (the last batch is padded), so a video of
 any length compiles once. Frames are written to the mp4 as they come out, so memory does not grow
-with the driver's length.
+with the driver's length. Given a ``PasteTarget``, each batch of crops is pasted back into the
+source picture (``paste_back``) and the video shows the whole picture.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from fewshot_jax import landmarks as lmk
 from fewshot_jax.images import to_uint8
@@ -24,6 +26,7 @@ from fewshot_jax.inference import finetune as inf
 from fewshot_jax.inference import motion as motion_lib
 from fewshot_jax.inference.driver import Driver, iter_driver_crops
 from fewshot_jax.inference.identity import Identity, check_finite
+from fewshot_jax.inference.paste_back import PasteBack, PasteTarget
 from fewshot_jax.inference.run import LoadedRun
 from fewshot_jax.progress import Progress, format_seconds
 
@@ -47,10 +50,17 @@ class AnimateSummary:
   motion_scale: float = 1.0
   animate: str = "all"
   audio: str = "off"  # what happened to the driver's sound (audio.Soundtrack.note)
+  paste_back: bool = False  # the whole source picture (True) or the face crop
+  width: int = 0
+  height: int = 0
+  paste_note: str = ""  # why the crop was written where paste-back was wanted
 
   def line(self) -> str:
-    return (f"wrote {self.out}: {self.frames} frames at {self.fps:g} fps in "
-            f"{format_seconds(self.seconds)} ({self.generated_fps:.1f} frames/s), "
+    what = "the whole picture" if self.paste_back else "the face crop"
+    note = f" ({self.paste_note})" if self.paste_note else ""
+    return (f"wrote {self.out}: {self.frames} frames of {what}{note} at {self.width}x"
+            f"{self.height}, {self.fps:g} fps, in {format_seconds(self.seconds)} "
+            f"({self.generated_fps:.1f} frames/s), "
             f"{self.held_frames} driver frames without a face held the last landmarks; "
             f"audio: {self.audio}")
 
@@ -88,17 +98,22 @@ def make_generator(run: LoadedRun, batch_size: int) -> Callable[..., np.ndarray]
   return call
 
 
-def _panels(identity: Identity, driver: Driver, targets: np.ndarray, size: int
-            ) -> Iterator[np.ndarray]:
+def _panels(identity: Identity, driver: Driver, targets: np.ndarray, size: int,
+            height: int | None = None) -> Iterator[np.ndarray]:
   """The side-by-side layout's left columns per frame: the first shot, then the driver's crop
-  (or, for a landmark-file driver, the driving landmarks drawn) and the retargeted landmarks."""
+  (or, for a landmark-file driver, the driving landmarks drawn) and the retargeted landmarks;
+  each panel scaled to ``height`` (a pasted-back frame's) when given."""
   shot = identity.shots[0]
   crops = iter_driver_crops(driver, size) if driver.boxes is not None else None
   draw = jax.jit(lambda p: lmk.rasterize(p, size))
   for i in range(len(driver)):
     left = next(crops) if crops is not None else to_uint8(draw(driver.landmarks[i:i + 1])[0] * 2 - 1)
     drawn = to_uint8(draw(targets[i:i + 1])[0] * 2 - 1)
-    yield np.concatenate([shot, left, drawn], axis=1)
+    row = np.concatenate([shot, left, drawn], axis=1)
+    if height is not None and height != size:
+      row = np.asarray(Image.fromarray(row).resize((3 * height, height),
+                                                   Image.Resampling.BICUBIC))
+    yield row
 
 
 def animate(
@@ -115,6 +130,7 @@ def animate(
     region: str = "all",
     audio: bool = True,
     generator: Callable[..., np.ndarray] | None = None,
+    paste: PasteTarget | None = None,
 ) -> AnimateSummary:
   """Writes ``out`` (mp4 at the driver's fps): the identity's face moved by the driver.
 
@@ -129,13 +145,15 @@ def animate(
     motion_scale: multiplies the expression relative to the reference (0: the reference's).
     region: ``all``, ``pose`` (head motion only) or ``expression`` (expression only).
     layout: ``single`` (generated frames) or ``side-by-side`` (shot | driver | landmarks |
-      generated).
+      generated, the panels at the generated frame's height).
     batch_size: frames generated per call.
     show_progress: print a progress line.
     audio: copy the driver video's sound into ``out``, in sync and cut to the frames written
       (``audio.Soundtrack``).
     generator: ``make_generator(run, batch_size)`` built once for several videos (a batch), so
       they share one compiled program; a new one by default.
+    paste: the source picture to paste each generated crop back into (``paste_back``); None
+      writes the crops.
 
   Raises:
     ValueError: a bad layout, reference, motion scale or region, an identity holding NaN or Inf, or a generated frame
@@ -155,10 +173,13 @@ def animate(
   v = jax.tree.map(jnp.asarray, identity.model_vars(run))
   psi = jnp.asarray(identity.psi)
   gen = generator or make_generator(run, batch_size)
-  panels = _panels(identity, driver, targets, size) if layout == "side-by-side" else None
+  paster = PasteBack(paste, size) if paste is not None else None
+  height = paste.size[1] if paste is not None else None
+  panels = (_panels(identity, driver, targets, size, height) if layout == "side-by-side"
+            else None)
   progress = Progress(len(targets), "animate", "frames") if show_progress else None
   t0 = time.perf_counter()
-  upscale = max(1, 256 // size)
+  upscale = 1 if paste is not None else max(1, 256 // size)  # a picture keeps its own size
   # The driver's sound is probed now and muxed in when the video is complete (a landmark file has
   # none); the video goes to a temporary sibling until then.
   track = audio_lib.Soundtrack(out, driver.path if driver.boxes is not None else None, audio)
@@ -168,13 +189,19 @@ def animate(
         frames = gen(v, psi, targets[start:start + batch_size])
       except NonFiniteFrames as e:
         raise NonFiniteFrames(f"{out}: not written: from frame {start}, {e}") from None
+      if paster is not None:
+        frames = paster(frames)
       for frame in frames:
         writer.write(frame if panels is None else np.concatenate([next(panels), frame], axis=1))
       if progress:
         progress.update(len(frames))
   seconds = time.perf_counter() - t0
+  width, height = paste.size if paste is not None else (size * upscale, size * upscale)
+  if panels is not None:
+    width += 3 * height
   return AnimateSummary(
       out=str(pathlib.Path(out)), frames=writer.frames, fps=driver.fps, seconds=seconds,
       generated_fps=writer.frames / seconds if seconds > 0 else 0.0, held_frames=driver.held,
       motion=motion, layout=layout, finetune_steps=int(identity.info.get("finetune_steps", 0)),
-      reference=ref_index, motion_scale=float(motion_scale), animate=region, audio=track.note)
+      reference=ref_index, motion_scale=float(motion_scale), animate=region, audio=track.note,
+      paste_back=paste is not None, width=width, height=height)

@@ -120,12 +120,16 @@ class Options:
   verbose: bool = False
   audio: bool = True  # copy a driver video's sound into its outputs
   augment: int = 0  # warp-augmented pairs per fine-tuning step (inference.augment)
+  paste_back: bool | None = None  # None: the whole picture when it is at hand, else the crop
+  max_size: int = 1024  # the pasted-back picture's longer side at most
 
 
-def check_options(options: Options, drivers: Sequence[pathlib.Path], folder: bool) -> Options:
+def check_options(options: Options, drivers: Sequence[pathlib.Path], folder: bool,
+                  sources: Sequence[Source] = ()) -> Options:
   """The values a user can get wrong, refused in one line each before a checkpoint is loaded or
   a face fitted (the CLI's flags and the web app's fields alike); returns ``options`` with the
-  reference parsed (``first``, ``auto`` or a frame index)."""
+  reference parsed (``first``, ``auto`` or a frame index). A single pair's ``--identity`` with
+  an explicit ``--paste-back`` has its recorded picture checked here too."""
   from fewshot_jax.inference import motion as motion_lib  # pylint: disable=g-import-not-at-top
   from fewshot_jax.inference.driver import count_driver_frames  # pylint: disable=g-import-not-at-top
 
@@ -138,6 +142,14 @@ def check_options(options: Options, drivers: Sequence[pathlib.Path], folder: boo
       raise ValueError(f"{flag} {value}: expected at least 0")
   if not options.fps > 0:
     raise ValueError(f"--fps {options.fps}: expected a frame rate > 0")
+  if options.max_size < 2:
+    raise ValueError(f"--max-size {options.max_size}: expected at least 2")
+  if options.paste_back and not folder:
+    for source in sources:
+      if source.identity is not None:
+        meta = pathlib.Path(source.identity) / "identity.json"
+        record = json.loads(meta.read_text()).get("paste_source") if meta.is_file() else None
+        paste_target(record, options)
   reference = motion_lib.parse_reference(options.reference, "--reference")
   motion_lib.check_controls(options.motion_scale, options.region, "--motion-scale", "--animate")
   if isinstance(reference, int):
@@ -154,6 +166,28 @@ def check_options(options: Options, drivers: Sequence[pathlib.Path], folder: boo
         raise ValueError(f"--reference {reference}: beyond {which} (expected auto, first or 0 "
                          f"to {frames - 1})")
   return dataclasses.replace(options, reference=reference)
+
+
+def paste_target(record: dict[str, Any] | None, options: Options):
+  """``(PasteTarget or None, note)``: the picture an identity's ``paste_source`` names.
+
+  With ``--identity`` the picture is the one recorded when the identity was fitted, used only
+  while it is there with the same sha256: a user animating a saved identity expects the same
+  whole picture as with ``--source``, and a changed file under the old name would put the face
+  in the wrong place. By default a picture that is not at hand means the face crop, and the note
+  says why; an explicit ``--paste-back`` refuses instead (``PasteUnavailable``).
+  """
+  from fewshot_jax.inference import paste_back as paste_lib  # pylint: disable=g-import-not-at-top
+
+  if options.paste_back is False:
+    return None, ""
+  try:
+    return paste_lib.load_target(record, options.max_size), ""
+  except paste_lib.PasteUnavailable as e:
+    if options.paste_back:
+      raise paste_lib.PasteUnavailable(f"--paste-back: {e}; animate with --source, or "
+                                       "--no-paste-back for the face crop") from None
+    return None, f"no paste-back: {e}"
 
 
 def _listing(directory: str | os.PathLike, flag: str, suffixes: Sequence[str], what: str
@@ -379,6 +413,7 @@ def run_batch(p: Plan, run, backend, options: Options) -> tuple[list[dict[str, A
                                           augment=options.augment)
         if options.save_identity:
           identity_lib.save_identity(options.save_identity, identity, run)
+      paste, paste_note = paste_target(identity.info.get("paste_source"), options)
     except ITEM_ERRORS as e:
       skip(f"source {source.name}", item, len(pairs), e)
       for pair in pairs:
@@ -402,7 +437,8 @@ def run_batch(p: Plan, run, backend, options: Options) -> tuple[list[dict[str, A
             run, identity, d, pair.out, motion=options.motion, layout=options.layout,
             batch_size=options.batch_size, reference=options.reference,
             motion_scale=options.motion_scale, region=options.region, generator=generator,
-            audio=options.audio)
+            audio=options.audio, paste=paste)
+        summary.paste_note = paste_note
       except ITEM_ERRORS as e:
         if p.strict:
           raise

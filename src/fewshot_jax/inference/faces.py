@@ -28,13 +28,16 @@ class Shot:
   """One source picture, cropped: ``frame`` uint8 ``[S, S, 3]``, ``landmarks`` f32 ``[68, 2]`` in
   crop pixels, and where it came from: the file, which of its faces (``face``, 0 the largest) and
   that face's detector box ``(x0, y0, x1, y1)`` in the picture's pixels (``face_box``), so a
-  summary can say which person of a group photo was animated."""
+  summary can say which person of a group photo was animated; the crop ``box`` in the picture's
+  pixels and the picture's ``source_shape`` (H, W), so paste-back can put a generated crop back."""
 
   frame: np.ndarray
   landmarks: np.ndarray
   path: str
   face: int = 0
   face_box: tuple[float, float, float, float] | None = None
+  box: tuple[float, float, float, float] | None = None
+  source_shape: tuple[int, int] | None = None
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -107,7 +110,8 @@ def crop_shot(
   box = crop_lib.crop_boxes(found.landmarks[None], enlarge, smooth_sigma=0.0)[0]
   frame, points = crop_lib.crop_frame(image, box, found.landmarks, image_size)
   return Shot(frame=frame, landmarks=points, path=name, face=face,
-              face_box=tuple(float(x) for x in found.box))
+              face_box=tuple(float(x) for x in found.box), box=tuple(float(x) for x in box),
+              source_shape=(int(image.shape[0]), int(image.shape[1])))
 
 
 def load_shots(

@@ -222,7 +222,9 @@ def fit_shots(
 ) -> Identity:
   """``fit_identity`` on cropped source pictures (``faces.load_shots``), recording in its info
   the pictures, which of their faces (0: the largest) and that face's box in each picture, so a
-  saved identity and a summary say which person of a group photo was fitted."""
+  saved identity and a summary say which person of a group photo was fitted, and the first
+  picture's ``paste_back.source_record`` (``paste_source``), so animating the identity later can
+  paste back into that picture."""
   if not shots:
     raise ValueError("fit_shots: no shots (expected at least one cropped source picture)")
   identity = fit_identity(run, np.stack([s.frame for s in shots]),
@@ -232,6 +234,10 @@ def fit_shots(
       sources=[s.path for s in shots], face=int(shots[0].face),
       face_boxes=[None if s.face_box is None else [round(x, 1) for x in s.face_box]
                   for s in shots])
+  first = shots[0]
+  if first.box is not None and first.source_shape is not None:
+    from fewshot_jax.inference.paste_back import source_record  # pylint: disable=g-import-not-at-top
+    identity.info["paste_source"] = source_record(first.path, first.box, first.source_shape)
   return identity
 
 
