@@ -114,6 +114,12 @@ def _frames(path: pathlib.Path) -> int:
     return sum(1 for _ in container.decode(video=0))
 
 
+def _size(path: pathlib.Path) -> tuple[int, int]:
+  with av.open(str(path)) as container:
+    stream = container.streams.video[0]
+    return stream.codec_context.width, stream.codec_context.height
+
+
 @pytest.fixture(scope="module")
 def run_dir() -> pathlib.Path:
   return carphone_run()
@@ -138,11 +144,13 @@ def test_the_page_animates_the_examples_and_serves_a_playable_mp4(app_url, tmp_p
   driver_frames = _frames(pathlib.Path(carphone_path()))
   assert driver_frames == 120
   assert _frames(served) == driver_frames
+  assert _size(served) == (512, 512)  # pasted back into the whole astronaut (the default)
   # The page served the file the job wrote in --out-dir (one new job-* folder per click), and
   # says so in the CLI's summary line.
   written = list(results.glob("job-*/astronaut--carphone.mp4"))
   assert len(written) == 1 and written[0].read_bytes() == served.read_bytes()
-  assert summary.startswith(f"wrote {written[0]}: 120 frames at 29.97 fps"), summary
+  assert summary.startswith(f"wrote {written[0]}: 120 frames of the whole picture at 512x512, "
+                            "29.97 fps"), summary
 
 
 def test_bad_uploads_show_the_clis_one_line_error(app_url, run_dir, tmp_path, capsys):

@@ -131,14 +131,15 @@ def build_page(session: AnimateSession, examples: tuple[pathlib.Path, pathlib.Pa
     except _user_errors() as e:
       raise _page_error(e) from None
 
-  def animate(source, driver, steps, reference, scale, region, layout,
+  def animate(source, driver, steps, reference, scale, region, layout, paste,
               progress=gr.Progress()):
     def report(label: str, done: int, total: int, unit: str) -> None:
       progress((done, total), desc=STAGES.get(label, label), unit=unit)
 
     progress(0, desc="starting")
     try:
-      record = session.animate(source, driver, steps, reference, scale, region, layout, report)
+      record = session.animate(source, driver, steps, reference, scale, region, layout, report,
+                               paste_back=bool(paste))
     except _user_errors() as e:
       raise _page_error(e) from None
     return record["out"], record["line"]
@@ -171,17 +172,16 @@ def build_page(session: AnimateSession, examples: tuple[pathlib.Path, pathlib.Pa
                             info="all, pose (head motion only) or expression only")
           layout = gr.Radio(list(LAYOUTS), value="single", label="Layout",
                             info="side-by-side: picture | driver | landmarks | result")
-          # TODO(lead): paste-back. When `fewshot-jax animate` gains --paste-back/--no-paste-back
-          # (issue 17 item 1), add its field to inference.animate_job.AnimateJob and a
-          # gr.Checkbox("Paste back into the whole picture") here, passed through
-          # AnimateSession.animate like `layout`.
+          paste = gr.Checkbox(value=True, label="Paste back into the whole picture",
+                              elem_id="paste-back",
+                              info="off: the face crop only, as the model makes it")
         go = gr.Button("Animate", variant="primary", elem_id="animate")
       with gr.Column():
         result = gr.Video(label="Result", interactive=False, buttons=["download"],
                           elem_id="result", height=420)
         line = gr.Textbox(label="Summary", interactive=False, elem_id="summary")
     source.change(preview, inputs=source, outputs=shown)
-    go.click(animate, inputs=[source, driver, steps, reference, scale, region, layout],
+    go.click(animate, inputs=[source, driver, steps, reference, scale, region, layout, paste],
              outputs=[result, line], concurrency_limit=1)
   return page
 
