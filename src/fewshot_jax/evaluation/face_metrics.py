@@ -21,13 +21,13 @@ be.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 
+from fewshot_jax.file_digest import file_sha256
 from fewshot_jax.prep.backends import (Face, LandmarkBackend, check_frame,
                                        face_recognition_models_dir)
 
@@ -70,15 +70,6 @@ def label_of(record: dict[str, object] | None) -> str | None:
     return str(record["csim_label"])
   name = str(record.get("csim", ""))
   return csim_label("dlib") if name.startswith("dlib") else f"CSIM ({name or 'unknown embedder'})"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-  """SHA-256 of a weights file: which weights made a CSIM, beyond the file's name."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def make_embedder(kind: str, arcface_weights: str | os.PathLike | None = None) -> FaceEmbedder:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import pathlib
 from typing import Any
 
@@ -32,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+from fewshot_jax.file_digest import file_sha256
 
 DEFAULT_MAX_SIZE = 1024
 # The feather: 0 within FEATHER_START of the crop's edge (a generator's borders are its worst
@@ -170,14 +170,6 @@ def _paste_box(crops, ry, rx, alpha, source, band, source_mean, source_std, matc
     gain = jnp.clip(source_std / jnp.maximum(jnp.sqrt(var), 1e-3), *GAIN_RANGE)
     face = (face - mean[:, None, None]) * gain[:, None, None] + source_mean
   return jnp.clip(jnp.rint(source + alpha * (face - source)), 0, 255).astype(jnp.uint8)
-
-
-def file_sha256(path: str | pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def source_record(path: str | pathlib.Path, box: np.ndarray, image_shape: tuple[int, ...]

@@ -19,13 +19,13 @@ their URLs and the folder to put them in.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.metadata
 import pathlib
 import urllib.parse
 
 import numpy as np
 
+from fewshot_jax.file_digest import file_sha256
 from fewshot_jax.prep.backends import NUM_LANDMARKS, Face, check_frame
 
 FAN_INPUT = 256  # FAN's input side, pixels
@@ -119,11 +119,7 @@ def _load_state_dict(module, path: pathlib.Path, role: str, device: str) -> None
 
 
 def _file_digest(path: pathlib.Path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()[:12]
+  return file_sha256(path)[:12]
 
 
 def crop_transform(box: np.ndarray) -> tuple[np.ndarray, float]:

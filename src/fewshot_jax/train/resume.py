@@ -20,7 +20,6 @@ it is safe to change mid-run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,8 @@ import time
 from typing import Any
 
 import ml_collections
+
+from fewshot_jax.file_digest import file_sha256
 
 log = logging.getLogger("fewshot_jax")
 
@@ -55,15 +56,6 @@ MAY_CHANGE = EXECUTION + (
 # Perceptual weights files: their path may change (the same file on another machine, a TPU VM's
 # bucket mount) when their contents are the ones the run trained with (runtime.content_weights).
 WEIGHT_PATHS = ("loss.vgg19_path", "loss.vggface_path", "loss.vgg16_path")
-
-
-def file_sha256(path: str) -> str:
-  """SHA-256 of a weights file (about a second per 500 MB)."""
-  digest = hashlib.sha256()
-  with open(os.path.expanduser(path), "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 def weight_hashes(cfg: ml_collections.ConfigDict) -> dict[str, str]:
