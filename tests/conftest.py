@@ -71,3 +71,40 @@ def random_videos(num_videos: int, frames: int, size: int, seed: int = 0):
   centre = size / 2 + rng.normal(0, size / 16, (num_videos, frames, 1, 2))
   p = centre + rng.normal(0, size / 6, (num_videos, frames, 68, 2))
   return f, np.clip(p, 1, size - 1).astype(np.float32)
+
+
+# The carphone-trained model (tests/carphone_run.py) takes minutes to train and several test files
+# need it. Those files run last, and the first worker starts training it in the background as soon
+# as the tests are collected, so no worker sits waiting on its lock while the other trains it.
+_CARPHONE_IMPORT = "from carphone_run import"
+_uses_carphone: dict[pathlib.Path, bool] = {}
+_pretrain: list = []
+
+
+def _needs_carphone(item) -> bool:
+  path = pathlib.Path(item.path)
+  if path not in _uses_carphone:
+    _uses_carphone[path] = _CARPHONE_IMPORT in path.read_text()
+  return _uses_carphone[path]
+
+
+def pytest_collection_modifyitems(session, config, items):  # pylint: disable=unused-argument
+  items.sort(key=_needs_carphone)  # stable: each file stays whole, in its order
+  if os.environ.get("PYTEST_XDIST_WORKER", "gw0") != "gw0" or not any(map(_needs_carphone, items)):
+    return
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  tests = pathlib.Path(__file__).parent
+  (tests.parent / ".pytest_cache").mkdir(exist_ok=True)
+  log = open(tests.parent / ".pytest_cache" / "carphone_pretrain.log", "w")  # pylint: disable=consider-using-with
+  _pretrain.append(subprocess.Popen(
+      [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import carphone_run; "
+       "carphone_run.carphone_run()", str(tests)], stdout=log, stderr=log))
+
+
+def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+  for proc in _pretrain:  # a session that ended first (one file, -x) does not leave it behind
+    if proc.poll() is None:
+      proc.terminate()
+      proc.wait()
