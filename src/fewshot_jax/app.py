@@ -139,7 +139,7 @@ def build_page(session: AnimateSession, examples: tuple[pathlib.Path, pathlib.Pa
     progress(0, desc="starting")
     try:
       record = session.animate(source, driver, steps, reference, scale, region, layout, report,
-                               paste_back=bool(paste))
+                               paste_back=None if paste else False)
     except _user_errors() as e:
       raise _page_error(e) from None
     return record["out"], record["line"]
@@ -172,6 +172,7 @@ def build_page(session: AnimateSession, examples: tuple[pathlib.Path, pathlib.Pa
                             info="all, pose (head motion only) or expression only")
           layout = gr.Radio(list(LAYOUTS), value="single", label="Layout",
                             info="side-by-side: picture | driver | landmarks | result")
+          # Ticked means the CLI's default (the whole picture when it can be had), not a demand.
           paste = gr.Checkbox(value=True, label="Paste back into the whole picture",
                               elem_id="paste-back",
                               info="off: the face crop only, as the model makes it")
