@@ -62,28 +62,18 @@ def _shots(args: argparse.Namespace, image_size: int, backend_factory):
 
 
 def _check_counts(args: argparse.Namespace) -> None:
-  """Inputs and numeric options a user can get wrong, refused before a checkpoint is loaded."""
-  if getattr(args, "shots", None):
+  """``finetune``'s inputs and numbers a user can get wrong, refused before a checkpoint is
+  loaded (``animate``'s are ``batch.check_options``, shared with the web app)."""
+  if args.shots:
     check_input_file(args.shots, "--shots", (".npz",))
-  for source in _pictures(args):
+  for source in args.source or ():
     check_input_file(source, "--source")
-  for flag in ("k", "batch_size"):
-    value = getattr(args, flag, None)
-    if value is not None and value < 1:
-      raise ValueError(f"--{flag.replace('_', '-')} {value}: expected at least 1")
-  for flag in ("steps", "finetune_steps", "smooth", "face", "driver_face", "augment"):
-    value = getattr(args, flag, None)
+  if args.k < 1:
+    raise ValueError(f"--k {args.k}: expected at least 1")
+  for flag, value in (("--steps", args.steps), ("--face", args.face),
+                      ("--augment", args.augment)):
     if value is not None and value < 0:
-      raise ValueError(f"--{flag.replace('_', '-')} {value}: expected at least 0")
-  fps = getattr(args, "fps", None)
-  if fps is not None and not fps > 0:
-    raise ValueError(f"--fps {fps}: expected a frame rate > 0")
-
-
-def _pictures(args: argparse.Namespace) -> list[str]:
-  """The --source pictures, whether given once (finetune) or per face (animate's repeated -s)."""
-  source = getattr(args, "source", None) or []
-  return [p for group in source for p in ([group] if isinstance(group, str) else group)]
+      raise ValueError(f"{flag} {value}: expected at least 0")
 
 
 def _augment(args: argparse.Namespace) -> int:
@@ -142,7 +132,7 @@ def cmd_animate(args: argparse.Namespace, overrides: Sequence[str]) -> int:
   if not folder:
     check_output_file(args.out, "--out", (".mp4",))
   drivers = batch_lib.gather_drivers(args.driver or (), args.driver_dir)
-  if not folder:
+  if not folder:  # the output checked against the driver before the sources are read
     batch_lib.check_out_file(args.out, drivers[0])
   sources = batch_lib.gather_sources(args.source or (), args.source_dir, args.identity or ())
   p = batch_lib.plan(sources, drivers, args.out, folder, (args.source_dir, args.driver_dir))
